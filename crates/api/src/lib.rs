@@ -1,0 +1,1 @@
+//! keel-api (skeleton).

@@ -1,0 +1,1 @@
+//! keel-server (skeleton).
