@@ -1,0 +1,96 @@
+//! The KV service: check the request, call the node, map the error, fill the header.
+
+use std::sync::Arc;
+
+use keel_api::etcdserverpb::kv_server::Kv;
+use keel_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::apply::{self, Response as Applied};
+use crate::request::Request as Proposal;
+use crate::{range, validate, Node};
+
+#[derive(Debug, Clone)]
+pub struct KvService {
+    node: Arc<Node>,
+    max_txn_ops: usize,
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>, max_txn_ops: usize) -> KvService {
+        KvService { node, max_txn_ops }
+    }
+
+    fn respond<T>(&self, mut response: T, header: impl FnOnce(&mut T) -> &mut Option<keel_api::etcdserverpb::ResponseHeader>) -> Result<Response<T>, Status> {
+        let slot = header(&mut response);
+        let revision = slot.map_or(0, |header| header.revision);
+        *slot = Some(self.node.header(revision));
+        Ok(Response::new(response))
+    }
+}
+
+/// Every answer to a proposal is of the kind proposed; anything else is a broken invariant.
+fn expect<T>(applied: Applied, pick: impl FnOnce(Applied) -> Option<T>) -> T {
+    pick(applied).expect("a proposal is answered with a response of its own kind")
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_range(&request)?;
+        // One member: every acknowledged write is applied, so local state is linearizable.
+        let response = range::range(self.node.store(), &request)?;
+        self.respond(response, |response| &mut response.header)
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_put(&request)?;
+        let applied = self.node.propose(Proposal::Put(request)).await?;
+        let response = expect(applied, |applied| match applied {
+            Applied::Put(response) => Some(response),
+            _ => None,
+        });
+        self.respond(response, |response| &mut response.header)
+    }
+
+    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_delete(&request)?;
+        let applied = self.node.propose(Proposal::DeleteRange(request)).await?;
+        let response = expect(applied, |applied| match applied {
+            Applied::DeleteRange(response) => Some(response),
+            _ => None,
+        });
+        self.respond(response, |response| &mut response.header)
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let request = request.into_inner();
+        validate::check_txn(&request, self.max_txn_ops)?;
+        let response = if apply::is_read_only(&request) {
+            // etcd serves read-only transactions without the log, as it serves ranges.
+            apply::read_only_txn(self.node.store(), &request)?
+        } else {
+            let applied = self.node.propose(Proposal::Txn(request)).await?;
+            expect(applied, |applied| match applied {
+                Applied::Txn(response) => Some(response),
+                _ => None,
+            })
+        };
+        self.respond(response, |response| &mut response.header)
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let applied = self.node.propose(Proposal::Compaction(request.into_inner())).await?;
+        let response = expect(applied, |applied| match applied {
+            Applied::Compaction(response) => Some(response),
+            _ => None,
+        });
+        self.respond(response, |response| &mut response.header)
+    }
+}

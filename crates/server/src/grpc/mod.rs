@@ -1,0 +1,76 @@
+//! The gRPC layer: thin handlers that check a request, call the node, map errors through the
+//! one table (`ServerError` → `EtcdError` → status) and fill the response header.
+
+mod cluster;
+mod kv;
+mod maintenance;
+mod unimplemented;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keel_api::etcdserverpb::auth_server::AuthServer;
+use keel_api::etcdserverpb::cluster_server::ClusterServer;
+use keel_api::etcdserverpb::kv_server::KvServer;
+use keel_api::etcdserverpb::lease_server::LeaseServer;
+use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use keel_api::etcdserverpb::watch_server::WatchServer;
+use keel_api::v3electionpb::election_server::ElectionServer;
+use keel_api::v3lockpb::lock_server::LockServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use cluster::ClusterService;
+pub use kv::KvService;
+pub use maintenance::{MaintenanceService, ETCD_COMPATIBLE_VERSION};
+pub use unimplemented::{not_yet, NotYet};
+
+use crate::Node;
+
+/// gRPC adds this much to `--max-request-bytes` for its own receive limit, as etcd does, so a
+/// request just over the limit gets etcd's "request is too large" instead of a transport error.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// How the client API is served.
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub db_path: std::path::PathBuf,
+}
+
+/// Serves every etcd v3 service on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    config: &GrpcConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let receive_limit = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // Replies can hold many keys; etcd does not bound them either.
+    let send_limit = usize::MAX;
+    macro_rules! limits {
+        ($server:expr) => {
+            $server.max_decoding_message_size(receive_limit).max_encoding_message_size(send_limit)
+        };
+    }
+    tonic::transport::Server::builder()
+        .add_service(limits!(KvServer::new(KvService::new(Arc::clone(&node), config.max_txn_ops))))
+        .add_service(limits!(MaintenanceServer::new(MaintenanceService::new(
+            Arc::clone(&node),
+            config.db_path.clone()
+        ))))
+        .add_service(limits!(ClusterServer::new(ClusterService::new(Arc::clone(&node)))))
+        .add_service(limits!(WatchServer::new(NotYet)))
+        .add_service(limits!(LeaseServer::new(NotYet)))
+        .add_service(limits!(AuthServer::new(NotYet)))
+        .add_service(limits!(ElectionServer::new(NotYet)))
+        .add_service(limits!(LockServer::new(NotYet)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds `address` for [`serve`].
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}

@@ -1,0 +1,59 @@
+//! The MVCC state on disk, in redb. Every table and meta key is declared here, in one place.
+//!
+//! `kv`: `(main, sub)` revision → one byte kind (`KIND_PUT` or `KIND_TOMBSTONE`) followed by the
+//! protobuf encoding of `mvccpb.KeyValue` (for a tombstone, only the key is set).
+//! `meta`: name → u64 (signed values stored as their two's-complement bits).
+
+use keel_api::mvccpb::KeyValue;
+use prost::Message;
+use redb::TableDefinition;
+
+use super::MvccError;
+
+pub const KV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("kv");
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Format of the tables above; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u64 = 1;
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+/// Index of the last log entry whose effects are in this database (etcd's consistent index).
+pub const META_CONSISTENT_INDEX: &str = "consistent_index";
+/// The revision history was compacted at (reads before it fail).
+pub const META_COMPACT_REVISION: &str = "compact_revision";
+/// The newest revision, kept so that compaction of every record can't make it go backwards.
+pub const META_CURRENT_REVISION: &str = "current_revision";
+
+const KIND_PUT: u8 = 0;
+const KIND_TOMBSTONE: u8 = 1;
+
+/// A decoded `kv` record.
+pub enum Record {
+    Put(KeyValue),
+    Tombstone(Vec<u8>),
+}
+
+pub fn encode_put(kv: &KeyValue) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + kv.encoded_len());
+    bytes.push(KIND_PUT);
+    kv.encode(&mut bytes).expect("a Vec grows as needed");
+    bytes
+}
+
+pub fn encode_tombstone(key: &[u8]) -> Vec<u8> {
+    let kv = KeyValue { key: key.to_vec(), ..KeyValue::default() };
+    let mut bytes = Vec::with_capacity(1 + kv.encoded_len());
+    bytes.push(KIND_TOMBSTONE);
+    kv.encode(&mut bytes).expect("a Vec grows as needed");
+    bytes
+}
+
+pub fn decode(revision: (i64, i64), bytes: &[u8]) -> Result<Record, MvccError> {
+    let corrupt = |why: String| MvccError::Corrupt(format!("record at revision {revision:?}: {why}"));
+    let (&kind, body) = bytes.split_first().ok_or_else(|| corrupt("empty".into()))?;
+    let kv = KeyValue::decode(body).map_err(|error| corrupt(error.to_string()))?;
+    match kind {
+        KIND_PUT => Ok(Record::Put(kv)),
+        KIND_TOMBSTONE => Ok(Record::Tombstone(kv.key)),
+        other => Err(corrupt(format!("unknown kind {other}"))),
+    }
+}

@@ -1,0 +1,462 @@
+//! The MVCC store: the in-memory key index over the revision-keyed records in redb.
+//!
+//! Reads take the state's read lock only to resolve revisions and to open a redb read
+//! transaction (which sees every commit made under the write lock before it); they fetch values
+//! after releasing it. Writes hold the write lock for the whole transaction, so a reader never
+//! sees half of one, and commit to redb before they publish the new revision.
+//!
+//! redb commits are not durable by themselves (`Durability::None`): the write-ahead log is what
+//! makes a write durable, and entries after the stored consistent index are applied again on
+//! start. `commit(durable = true)` or [`Store::sync`] makes the redb state durable so the log
+//! before it can be released.
+
+use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use keel_api::mvccpb::KeyValue;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::backend::{self, Record, KV, META};
+use super::key_index::{KeyAt, RangeEnd, TreeIndex};
+use super::{MvccError, Revision};
+
+/// How a range is read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeOptions {
+    /// At most this many keys (0: no limit). `count` still counts them all.
+    pub limit: usize,
+    /// Read history at this revision (0: the current one).
+    pub revision: i64,
+    /// Count the keys, return none.
+    pub count_only: bool,
+}
+
+/// What a range read found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// The store's current revision when it was read (not the revision asked for, as in etcd).
+    pub revision: i64,
+    /// Keys in the range, before `limit`.
+    pub count: usize,
+}
+
+/// A consistent view of the store: every range through it reads one revision's state.
+pub trait ReadView {
+    /// Reads keys in `[key, end)` as of `options.revision` (0: this view's revision).
+    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError>;
+    /// The revision this view reads at.
+    fn revision(&self) -> i64;
+    /// Reads before this revision fail.
+    fn compact_revision(&self) -> i64;
+}
+
+#[derive(Debug)]
+struct State {
+    index: TreeIndex,
+    current_revision: i64,
+    compact_revision: i64,
+    consistent_index: u64,
+}
+
+/// The multi-version key-value store.
+pub struct Store {
+    db: Database,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Store").field("revision", &self.revision()).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and rebuilds the key index from it.
+    pub fn open(path: &Path) -> Result<Store, MvccError> {
+        let db = Database::create(path)?;
+        let write = db.begin_write()?;
+        let (current_revision, compact_revision, consistent_index) = {
+            let mut meta = write.open_table(META)?;
+            let stored_version = meta.get(backend::META_SCHEMA_VERSION)?.map(|version| version.value());
+            match stored_version {
+                None => {
+                    meta.insert(backend::META_SCHEMA_VERSION, backend::SCHEMA_VERSION)?;
+                }
+                Some(backend::SCHEMA_VERSION) => {}
+                Some(other) => {
+                    return Err(MvccError::Corrupt(format!(
+                        "schema version {other}; this build reads version {}",
+                        backend::SCHEMA_VERSION
+                    )))
+                }
+            }
+            write.open_table(KV)?;
+            let read = |name| -> Result<u64, MvccError> { Ok(meta.get(name)?.map_or(0, |value| value.value())) };
+            (
+                read(backend::META_CURRENT_REVISION)? as i64,
+                read(backend::META_COMPACT_REVISION)? as i64,
+                read(backend::META_CONSISTENT_INDEX)?,
+            )
+        };
+        write.commit()?;
+
+        let mut index = TreeIndex::default();
+        let mut last_revision = 0;
+        {
+            let read = db.begin_read()?;
+            let table = read.open_table(KV)?;
+            for record in table.iter()? {
+                let (key, value) = record?;
+                let (main, sub) = key.value();
+                let revision = Revision::new(main, sub);
+                last_revision = main;
+                match backend::decode((main, sub), value.value())? {
+                    Record::Put(kv) => {
+                        let key_index = index.key_index_mut(&kv.key);
+                        if key_index.is_empty() {
+                            key_index.restore(Revision::new(kv.create_revision, 0), revision, kv.version);
+                        } else {
+                            key_index.put(revision);
+                        }
+                    }
+                    Record::Tombstone(key) => index.tombstone(&key, revision),
+                }
+            }
+        }
+        let state = State {
+            index,
+            current_revision: current_revision.max(last_revision).max(compact_revision),
+            compact_revision,
+            consistent_index,
+        };
+        tracing::info!(
+            revision = state.current_revision,
+            compact_revision = state.compact_revision,
+            consistent_index = state.consistent_index,
+            keys = state.index.len(),
+            "mvcc store opened"
+        );
+        Ok(Store { db, state: RwLock::new(state) })
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The newest revision.
+    pub fn revision(&self) -> i64 {
+        self.read_state().current_revision
+    }
+
+    /// The revision history was compacted at (0: never).
+    pub fn compact_revision(&self) -> i64 {
+        self.read_state().compact_revision
+    }
+
+    /// Index of the last log entry applied.
+    pub fn consistent_index(&self) -> u64 {
+        self.read_state().consistent_index
+    }
+
+    /// Number of keys alive or with readable history.
+    pub fn key_count(&self) -> usize {
+        self.read_state().index.len()
+    }
+
+    /// Reads keys `[key, end)` as of `options.revision`.
+    pub fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+        let state = self.read_state();
+        let read = self.db.begin_read()?;
+        let (revisions, result) = plan_range(&state, state.current_revision, key, end, options)?;
+        // Values are fetched without the lock: the read transaction already sees every
+        // revision the index named.
+        drop(state);
+        fetch(revisions, result, || Ok(read.open_table(KV)?))
+    }
+
+    /// A consistent view for several reads (a read-only transaction). It holds the store's read
+    /// lock, so writes wait until it is dropped: keep it short.
+    pub fn read(&self) -> Result<ReadTxn<'_>, MvccError> {
+        let state = self.read_state();
+        let read = self.db.begin_read()?;
+        Ok(ReadTxn { state, read })
+    }
+
+    /// Starts the write transaction of log entry `consistent_index`. It holds the store's write
+    /// lock until it is committed or dropped.
+    pub fn write(&self, consistent_index: u64) -> Result<WriteTxn<'_>, MvccError> {
+        let state = self.write_state();
+        assert!(
+            consistent_index > state.consistent_index,
+            "log entry {consistent_index} applied after entry {}",
+            state.consistent_index
+        );
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let begin_revision = state.current_revision;
+        Ok(WriteTxn { state, txn, begin_revision, changes: 0, consistent_index })
+    }
+
+    /// Compacts history before `revision` (log entry `consistent_index`): later reads before it
+    /// fail with [`MvccError::Compacted`], and its records are removed from the backend.
+    pub fn compact(&self, revision: i64, consistent_index: u64) -> Result<(), MvccError> {
+        let mut state = self.write_state();
+        if revision <= state.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        if revision > state.current_revision {
+            return Err(MvccError::FutureRevision);
+        }
+        let keep = state.index.compact(revision);
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut table = txn.open_table(KV)?;
+            let mut doomed = Vec::new();
+            for record in table.range(..=(revision, i64::MAX))? {
+                let (key, _) = record?;
+                let (main, sub) = key.value();
+                if !keep.contains(&Revision::new(main, sub)) {
+                    doomed.push((main, sub));
+                }
+            }
+            for revision in &doomed {
+                table.remove(revision)?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(backend::META_COMPACT_REVISION, revision as u64)?;
+            meta.insert(backend::META_CONSISTENT_INDEX, consistent_index)?;
+            meta.insert(backend::META_CURRENT_REVISION, state.current_revision as u64)?;
+            doomed.len()
+        };
+        txn.commit()?;
+        state.compact_revision = revision;
+        state.consistent_index = state.consistent_index.max(consistent_index);
+        tracing::info!(revision, removed, "compacted");
+        Ok(())
+    }
+
+    /// Records that log entry `consistent_index` was applied without changing the store (a read,
+    /// or a request that failed). It reaches disk with the next commit.
+    pub fn skip(&self, consistent_index: u64) {
+        let mut state = self.write_state();
+        state.consistent_index = state.consistent_index.max(consistent_index);
+    }
+
+    /// Makes everything committed so far durable.
+    pub fn sync(&self) -> Result<(), MvccError> {
+        let state = self.write_state();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        write_meta(&txn, &state)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn write_meta(txn: &WriteTransaction, state: &State) -> Result<(), MvccError> {
+    let mut meta = txn.open_table(META)?;
+    meta.insert(backend::META_CONSISTENT_INDEX, state.consistent_index)?;
+    meta.insert(backend::META_CURRENT_REVISION, state.current_revision as u64)?;
+    Ok(())
+}
+
+/// etcd's rules for the revision of a read: 0 is the current one; newer than current is an
+/// error; older than the compacted one is an error (the compacted revision itself is readable).
+fn resolve_revision(asked: i64, current: i64, compacted: i64) -> Result<i64, MvccError> {
+    if asked > current {
+        return Err(MvccError::FutureRevision);
+    }
+    let at = if asked <= 0 { current } else { asked };
+    if at < compacted {
+        return Err(MvccError::Compacted);
+    }
+    Ok(at)
+}
+
+/// Resolves which revisions a range reads; the result holds everything but the values.
+fn plan_range(
+    state: &State,
+    current: i64,
+    key: &[u8],
+    end: RangeEnd<'_>,
+    options: &RangeOptions,
+) -> Result<(Vec<Revision>, RangeResult), MvccError> {
+    let at = resolve_revision(options.revision, current, state.compact_revision)?;
+    let mut revisions = Vec::new();
+    let mut count = 0;
+    state.index.range(key, end, at, |_, found: KeyAt| {
+        count += 1;
+        if !options.count_only && (options.limit == 0 || revisions.len() < options.limit) {
+            revisions.push(found.modified);
+        }
+        true
+    });
+    Ok((revisions, RangeResult { kvs: Vec::new(), revision: current, count }))
+}
+
+/// Reads the values of `revisions` into `result`, opening the table only when there are any.
+fn fetch<T: ReadableTable<(i64, i64), &'static [u8]>>(
+    revisions: Vec<Revision>,
+    mut result: RangeResult,
+    open: impl FnOnce() -> Result<T, MvccError>,
+) -> Result<RangeResult, MvccError> {
+    if revisions.is_empty() {
+        return Ok(result);
+    }
+    let table = open()?;
+    result.kvs.reserve(revisions.len());
+    for revision in revisions {
+        let key = (revision.main, revision.sub);
+        let stored = table
+            .get(key)?
+            .ok_or_else(|| MvccError::Corrupt(format!("index names revision {key:?}, which is not stored")))?;
+        match backend::decode(key, stored.value())? {
+            Record::Put(kv) => result.kvs.push(kv),
+            Record::Tombstone(_) => {
+                return Err(MvccError::Corrupt(format!("index names tombstone {key:?} as a live key")))
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// See [`Store::read`].
+pub struct ReadTxn<'a> {
+    state: RwLockReadGuard<'a, State>,
+    read: redb::ReadTransaction,
+}
+
+impl ReadView for ReadTxn<'_> {
+    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+        let (revisions, result) = plan_range(&self.state, self.state.current_revision, key, end, options)?;
+        fetch(revisions, result, || Ok(self.read.open_table(KV)?))
+    }
+
+    fn revision(&self) -> i64 {
+        self.state.current_revision
+    }
+
+    fn compact_revision(&self) -> i64 {
+        self.state.compact_revision
+    }
+}
+
+/// The changes of one log entry: every put and delete in it share one main revision.
+pub struct WriteTxn<'a> {
+    state: RwLockWriteGuard<'a, State>,
+    txn: WriteTransaction,
+    begin_revision: i64,
+    /// Changes so far; the next change's sub revision.
+    changes: i64,
+    consistent_index: u64,
+}
+
+impl WriteTxn<'_> {
+    /// The store's revision before this transaction.
+    pub fn begin_revision(&self) -> i64 {
+        self.begin_revision
+    }
+
+    /// The revision reads inside this transaction see: its own changes included.
+    pub fn read_revision(&self) -> i64 {
+        self.begin_revision + i64::from(self.changes > 0)
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes > 0
+    }
+
+    /// Writes `key = value`; returns the revision of the change.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, MvccError> {
+        let main = self.begin_revision + 1;
+        let revision = Revision::new(main, self.changes);
+        let (create_revision, version) = match self.state.index.get(key, main) {
+            Some(found) => (found.created.main, found.version + 1),
+            None => (main, 1),
+        };
+        let kv = KeyValue { key: key.to_vec(), create_revision, mod_revision: main, version, value, lease };
+        self.txn.open_table(KV)?.insert((revision.main, revision.sub), backend::encode_put(&kv).as_slice())?;
+        self.state.index.put(key, revision);
+        self.changes += 1;
+        Ok(main)
+    }
+
+    /// Deletes the keys alive in `[key, end)`; returns how many, and the revision after.
+    pub fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> Result<(i64, i64), MvccError> {
+        let at = self.read_revision();
+        let mut doomed = Vec::new();
+        self.state.index.range(key, end, at, |name, _| {
+            doomed.push(name.to_vec());
+            true
+        });
+        if doomed.is_empty() {
+            return Ok((0, self.read_revision()));
+        }
+        let main = self.begin_revision + 1;
+        {
+            let mut table = self.txn.open_table(KV)?;
+            for name in &doomed {
+                let revision = Revision::new(main, self.changes);
+                table.insert((revision.main, revision.sub), backend::encode_tombstone(name).as_slice())?;
+                self.state.index.tombstone(name, revision);
+                self.changes += 1;
+            }
+        }
+        Ok((doomed.len() as i64, main))
+    }
+
+    /// Ends the transaction; returns the store's revision after it. With `durable`, the redb
+    /// state reaches disk before this returns.
+    pub fn commit(mut self, durable: bool) -> Result<i64, MvccError> {
+        self.state.consistent_index = self.consistent_index;
+        if self.changes > 0 {
+            self.state.current_revision = self.begin_revision + 1;
+        }
+        if self.changes > 0 || durable {
+            if durable {
+                self.txn.set_durability(Durability::Immediate)?;
+            }
+            write_meta(&self.txn, &self.state)?;
+            self.txn.commit()?;
+        } else {
+            self.txn.abort()?;
+        }
+        Ok(self.state.current_revision)
+    }
+}
+
+impl ReadView for WriteTxn<'_> {
+    /// Reads see this transaction's own changes, as in etcd.
+    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+        let (revisions, result) = plan_range(&self.state, self.read_revision(), key, end, options)?;
+        fetch(revisions, result, || Ok(self.txn.open_table(KV)?))
+    }
+
+    fn revision(&self) -> i64 {
+        self.read_revision()
+    }
+
+    fn compact_revision(&self) -> i64 {
+        self.state.compact_revision
+    }
+}
+
+/// A store read on its own is consistent: each range sees one revision.
+impl ReadView for Store {
+    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+        Store::range(self, key, end, options)
+    }
+
+    fn revision(&self) -> i64 {
+        Store::revision(self)
+    }
+
+    fn compact_revision(&self) -> i64 {
+        Store::compact_revision(self)
+    }
+}
