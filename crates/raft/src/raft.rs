@@ -175,7 +175,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_pre_candidate(&mut self) {
-        assert!(self.role != Role::Leader, "a leader cannot become pre-candidate");
+        assert!(
+            self.role != Role::Leader,
+            "a leader cannot become pre-candidate"
+        );
         // Term and vote stay: a pre-vote disturbs nobody.
         self.role = Role::PreCandidate;
         self.leader = None;
@@ -183,14 +186,20 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_candidate(&mut self) {
-        assert!(self.role != Role::Leader, "a leader cannot become candidate");
+        assert!(
+            self.role != Role::Leader,
+            "a leader cannot become candidate"
+        );
         self.reset(self.term + 1);
         self.vote = Some(self.id);
         self.role = Role::Candidate;
     }
 
     fn become_leader(&mut self) {
-        assert!(self.role == Role::Candidate, "only a candidate becomes leader");
+        assert!(
+            self.role == Role::Candidate,
+            "only a candidate becomes leader"
+        );
         self.reset(self.term);
         self.role = Role::Leader;
         self.leader = Some(self.id);
@@ -337,7 +346,9 @@ impl<S: Storage> Raft<S> {
         }
         if message.term == 0 {
             if !matches!(message.kind, MessageKind::Propose | MessageKind::ReadIndex) {
-                return Err(Error::InvalidMessage("only Propose and ReadIndex carry term 0"));
+                return Err(Error::InvalidMessage(
+                    "only Propose and ReadIndex carry term 0",
+                ));
             }
         } else if message.term > self.term {
             if matches!(
@@ -550,7 +561,8 @@ impl<S: Storage> Raft<S> {
             self.log.commit_to(index);
             response.index = self.log.last_index();
         } else {
-            self.tracker.restore(&snapshot.metadata.conf_state, index + 1);
+            self.tracker
+                .restore(&snapshot.metadata.conf_state, index + 1);
             self.log.restore(snapshot);
             response.index = index;
         }
@@ -852,7 +864,8 @@ impl<S: Storage> Raft<S> {
         if self.log.term(self.log.committed) != Ok(self.term) {
             // Until an entry of this term commits, this leader's commit index may be behind
             // what its predecessor acknowledged; answering now could return a stale index.
-            if self.deferred_reads.len() + self.read_only.len() >= self.config.max_pending_read_index
+            if self.deferred_reads.len() + self.read_only.len()
+                >= self.config.max_pending_read_index
             {
                 return Err(Error::ReadIndexQueueFull);
             }
@@ -866,7 +879,10 @@ impl<S: Storage> Raft<S> {
         }
         self.read_only.add(index, from, context.clone())?;
         if let Some(acks) = self.read_only.ack(self.id, &context) {
-            debug_assert!(!self.tracker.is_quorum(acks), "multi-voter quorum needs peers");
+            debug_assert!(
+                !self.tracker.is_quorum(acks),
+                "multi-voter quorum needs peers"
+            );
         }
         self.broadcast_heartbeat(&context);
         Ok(())

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 use crate::error::Error;
 use crate::message::{
-    ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot,
-    SoftState,
+    ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Role, Snapshot, SoftState,
 };
 use crate::progress::ProgressState;
 use crate::raft::Raft;
@@ -183,7 +182,8 @@ impl<S: Storage> RawNode<S> {
 
     /// Reports the outcome of sending a snapshot (a `Snapshot` message) to `to`.
     pub fn report_snapshot(&mut self, to: NodeId, status: SnapshotStatus) {
-        self.raft.report_snapshot(to, status == SnapshotStatus::Finish);
+        self.raft
+            .report_snapshot(to, status == SnapshotStatus::Finish);
     }
 
     /// Reports that a message to `to` could not be delivered.

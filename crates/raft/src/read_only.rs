@@ -83,8 +83,14 @@ mod tests {
         reads.add(5, 1, b"a".to_vec()).unwrap();
         reads.add(6, 2, b"b".to_vec()).unwrap();
         reads.add(7, 1, b"c".to_vec()).unwrap();
-        assert_eq!(reads.add(8, 1, b"d".to_vec()), Err(Error::ReadIndexQueueFull));
-        assert_eq!(reads.ack(3, b"b").map(std::collections::BTreeSet::len), Some(1));
+        assert_eq!(
+            reads.add(8, 1, b"d".to_vec()),
+            Err(Error::ReadIndexQueueFull)
+        );
+        assert_eq!(
+            reads.ack(3, b"b").map(std::collections::BTreeSet::len),
+            Some(1)
+        );
         let released = reads.release_through(b"b");
         assert_eq!(released.iter().map(|r| r.index).collect::<Vec<_>>(), [5, 6]);
         assert_eq!(reads.last_context(), Some(&b"c"[..]));

@@ -288,9 +288,15 @@ mod tests {
         assert_eq!(storage.first_index(), Ok(4));
         assert_eq!(storage.term(3), Ok(2));
         assert_eq!(storage.term(2), Err(StorageError::Compacted));
-        assert_eq!(storage.entries(3, 5, u64::MAX), Err(StorageError::Compacted));
+        assert_eq!(
+            storage.entries(3, 5, u64::MAX),
+            Err(StorageError::Compacted)
+        );
         assert_eq!(storage.entries(4, 6, u64::MAX).unwrap().len(), 2);
-        assert_eq!(storage.compact(3, ConfState::default(), vec![]), Err(StorageError::Compacted));
+        assert_eq!(
+            storage.compact(3, ConfState::default(), vec![]),
+            Err(StorageError::Compacted)
+        );
     }
 
     #[test]
@@ -299,7 +305,10 @@ mod tests {
         assert_eq!(storage.entries(1, 4, 0).unwrap().len(), 1);
         let two = 2 * Entry::OVERHEAD_BYTES;
         assert_eq!(storage.entries(1, 4, two).unwrap().len(), 2);
-        assert_eq!(storage.entries(1, 5, u64::MAX), Err(StorageError::Unavailable));
+        assert_eq!(
+            storage.entries(1, 5, u64::MAX),
+            Err(StorageError::Unavailable)
+        );
     }
 
     #[test]

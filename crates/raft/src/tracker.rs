@@ -234,7 +234,11 @@ mod tests {
         ];
         for (matched, expected) in cases {
             let voters: Vec<NodeId> = (1..=matched.len() as u64).collect();
-            assert_eq!(tracker(&voters, matched).committed_index(), *expected, "{matched:?}");
+            assert_eq!(
+                tracker(&voters, matched).committed_index(),
+                *expected,
+                "{matched:?}"
+            );
         }
     }
 
@@ -246,11 +250,23 @@ mod tests {
             (&[1], &[(1, true)], VoteResult::Won),
             (&[1, 2, 3], &[(1, true)], VoteResult::Pending),
             (&[1, 2, 3], &[(1, true), (2, true)], VoteResult::Won),
-            (&[1, 2, 3], &[(1, true), (2, false), (3, false)], VoteResult::Lost),
+            (
+                &[1, 2, 3],
+                &[(1, true), (2, false), (3, false)],
+                VoteResult::Lost,
+            ),
             (&[1, 2, 3, 4], &[(1, true), (2, true)], VoteResult::Pending),
-            (&[1, 2, 3, 4], &[(1, true), (2, false), (3, false)], VoteResult::Lost),
+            (
+                &[1, 2, 3, 4],
+                &[(1, true), (2, false), (3, false)],
+                VoteResult::Lost,
+            ),
             // A learner's or stranger's vote does not count; repeated votes count once.
-            (&[1, 2, 3], &[(1, true), (9, true), (1, true)], VoteResult::Pending),
+            (
+                &[1, 2, 3],
+                &[(1, true), (9, true), (1, true)],
+                VoteResult::Pending,
+            ),
         ];
         for (voters, votes, expected) in cases {
             let mut tracker = tracker(voters, &[]);
@@ -270,15 +286,23 @@ mod tests {
             node_id,
             context: vec![],
         };
-        assert!(tracker.validate(&change(ConfChangeKind::AddVoter, 2)).is_err());
-        assert!(tracker.validate(&change(ConfChangeKind::PromoteLearner, 3)).is_err());
-        assert!(tracker.validate(&change(ConfChangeKind::RemoveNode, 3)).is_err());
+        assert!(tracker
+            .validate(&change(ConfChangeKind::AddVoter, 2))
+            .is_err());
+        assert!(tracker
+            .validate(&change(ConfChangeKind::PromoteLearner, 3))
+            .is_err());
+        assert!(tracker
+            .validate(&change(ConfChangeKind::RemoveNode, 3))
+            .is_err());
         tracker.apply(&change(ConfChangeKind::AddLearner, 3), 1);
         assert!(tracker.is_learner(3));
         tracker.apply(&change(ConfChangeKind::PromoteLearner, 3), 1);
         assert!(tracker.is_voter(3) && !tracker.is_learner(3));
         tracker.apply(&change(ConfChangeKind::RemoveNode, 1), 1);
         tracker.apply(&change(ConfChangeKind::RemoveNode, 2), 1);
-        assert!(tracker.validate(&change(ConfChangeKind::RemoveNode, 3)).is_err());
+        assert!(tracker
+            .validate(&change(ConfChangeKind::RemoveNode, 3))
+            .is_err());
     }
 }

@@ -59,8 +59,16 @@ impl Workload {
     /// One tick's worth of client activity and faults.
     fn chaos(&mut self, cluster: &mut Cluster) {
         let ids = cluster.ids();
-        let live: Vec<NodeId> = ids.iter().copied().filter(|&id| cluster.node(id).is_up()).collect();
-        let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !cluster.node(id).is_up()).collect();
+        let live: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| cluster.node(id).is_up())
+            .collect();
+        let down: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| !cluster.node(id).is_up())
+            .collect();
 
         for _ in 0..self.rng.below(3) {
             if let Some(id) = pick(&mut self.rng, &live) {
@@ -157,9 +165,15 @@ impl Workload {
                 options.push(change(ConfChangeKind::RemoveNode, voter));
             }
         }
+        if options.is_empty() {
+            return;
+        }
         let index = usize::try_from(self.rng.below(options.len() as u64)).expect("small");
         let chosen = options.swap_remove(index);
-        let adds = matches!(chosen.kind, ConfChangeKind::AddLearner | ConfChangeKind::AddVoter);
+        let adds = matches!(
+            chosen.kind,
+            ConfChangeKind::AddLearner | ConfChangeKind::AddVoter
+        );
         if cluster.propose_conf_change(leader, &chosen).is_ok() && adds {
             self.unused_spares.retain(|&id| id != chosen.node_id);
         }
@@ -178,9 +192,7 @@ fn stable_leader(cluster: &Cluster) -> Option<NodeId> {
     }
     let all_follow = status.conf_state.voters.iter().all(|&voter| {
         let node = cluster.node(voter);
-        node.is_up()
-            && node.term() == term
-            && node.raw().soft_state().leader == Some(leader)
+        node.is_up() && node.term() == term && node.raw().soft_state().leader == Some(leader)
     });
     all_follow.then_some(leader)
 }
@@ -196,6 +208,12 @@ fn run_seed(seed: u64) -> Outcome {
     options.max_inflight_messages = 1 + usize::try_from(setup.below(8)).expect("small");
     options.max_size_per_message_bytes = 32 + setup.below(400);
     let mut cluster = Cluster::new(&options);
+    if cluster.trace {
+        eprintln!(
+            "seed {seed}: {voters} voters, pre_vote {}, check_quorum {}",
+            options.pre_vote, options.check_quorum
+        );
+    }
     cluster.compact_after_entries = 4 + setup.below(40);
     cluster.faults = Faults {
         drop_per_mille: setup.below(250),
@@ -216,6 +234,9 @@ fn run_seed(seed: u64) -> Outcome {
     }
 
     // Heal everything: the network is reliable from now on, every node is up.
+    if cluster.trace {
+        eprintln!("t={} heal", cluster.now);
+    }
     cluster.heal_partitions();
     for id in cluster.ids() {
         cluster.restart(id);
@@ -226,20 +247,40 @@ fn run_seed(seed: u64) -> Outcome {
         max_delay_substeps: 3,
         ready_per_mille: 1000,
     };
+    // Stable for two election timeouts: a leader whose quorum went silent during the faults
+    // steps down at its next check-quorum, which may come just after healing.
     let mut waited = 0;
+    let mut stable_since: Option<(NodeId, u64)> = None;
     let leader = loop {
-        if let Some(leader) = stable_leader(&cluster) {
-            break leader;
+        let current = stable_leader(&cluster);
+        stable_since = match (current, stable_since) {
+            (Some(leader), Some((previous, since))) if leader == previous => Some((leader, since)),
+            (Some(leader), _) => Some((leader, waited)),
+            (None, _) => None,
+        };
+        if let Some((leader, since)) = stable_since {
+            if waited - since >= 2 * u64::from(options.election_ticks) {
+                break leader;
+            }
         }
         assert!(
             waited < LIVENESS_ELECTION_TICKS,
             "seed {seed}: no stable leader {LIVENESS_ELECTION_TICKS} ticks after healing \
              (leaders by term: {:?})",
-            cluster.checker.leaders.iter().rev().take(5).collect::<Vec<_>>()
+            cluster
+                .checker
+                .leaders
+                .iter()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
         );
         cluster.tick();
         waited += 1;
     };
+    if cluster.trace {
+        eprintln!("t={} stable leader {leader}", cluster.now);
+    }
     let payloads: Vec<Vec<u8>> = (0..LIVENESS_PROPOSALS)
         .map(|i| format!("live-{i}").into_bytes())
         .collect();
@@ -278,7 +319,12 @@ fn run_seed(seed: u64) -> Outcome {
         terms_with_leader: cluster.checker.leaders.len(),
         max_commit: cluster.checker.max_commit,
         reads_answered: cluster.checker.reads_answered,
-        fingerprint: cluster.checker.leaders.iter().map(|(&t, &l)| (t, l)).collect(),
+        fingerprint: cluster
+            .checker
+            .leaders
+            .iter()
+            .map(|(&t, &l)| (t, l))
+            .collect(),
     }
 }
 
@@ -366,6 +412,10 @@ fn simulation_preserves_safety_and_recovers_after_faults() {
 #[test]
 fn same_seed_replays_identically() {
     for seed in [3, 4] {
-        assert_eq!(run_seed(seed), run_seed(seed), "seed {seed} is not deterministic");
+        assert_eq!(
+            run_seed(seed),
+            run_seed(seed),
+            "seed {seed} is not deterministic"
+        );
     }
 }

@@ -9,12 +9,14 @@ use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion}
 use keel_api::etcdserverpb::request_op::Request as Op;
 use keel_api::etcdserverpb::response_op::Response as OpResponse;
 use keel_api::etcdserverpb::{
-    Compare, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeResponse,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use keel_api::mvccpb::KeyValue;
 use keel_api::EtcdError;
-use keel_storage::mvcc::{MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteTxn};
+use keel_storage::mvcc::{
+    MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteTxn,
+};
 
 use crate::range::range;
 use crate::request::Request;
@@ -51,7 +53,9 @@ pub fn apply(store: &Store, index: u64, request: &Request) -> Result<Response, S
             Ok(Response::Txn(response))
         }
         Request::Compaction(compaction) => match store.compact(compaction.revision, index) {
-            Ok(()) => Ok(Response::Compaction(CompactionResponse { header: Some(header(store.revision())) })),
+            Ok(()) => Ok(Response::Compaction(CompactionResponse {
+                header: Some(header(store.revision())),
+            })),
             Err(error) => Err(error.into()),
         },
     };
@@ -63,7 +67,10 @@ pub fn apply(store: &Store, index: u64, request: &Request) -> Result<Response, S
 }
 
 fn header(revision: i64) -> ResponseHeader {
-    ResponseHeader { revision, ..ResponseHeader::default() }
+    ResponseHeader {
+        revision,
+        ..ResponseHeader::default()
+    }
 }
 
 fn apply_put(store: &Store, index: u64, request: &PutRequest) -> Result<Response, ServerError> {
@@ -96,7 +103,12 @@ impl Write for WriteTxn<'_> {
 struct ReadOnly<'a>(ReadTxn<'a>);
 
 impl ReadView for ReadOnly<'_> {
-    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+    fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        options: &RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
         self.0.range(key, end, options)
     }
 
@@ -122,7 +134,10 @@ impl Write for ReadOnly<'_> {
 fn put(txn: &mut impl Write, request: &PutRequest) -> Result<PutResponse, ServerError> {
     let needs_previous = request.ignore_value || request.ignore_lease || request.prev_kv;
     let previous: Option<KeyValue> = if needs_previous {
-        txn.range(&request.key, RangeEnd::Single, &RangeOptions::default())?.kvs.into_iter().next()
+        txn.range(&request.key, RangeEnd::Single, &RangeOptions::default())?
+            .kvs
+            .into_iter()
+            .next()
     } else {
         None
     };
@@ -140,24 +155,41 @@ fn put(txn: &mut impl Write, request: &PutRequest) -> Result<PutResponse, Server
         }
     }
     let revision = txn.put(&request.key, value, lease)?;
-    Ok(PutResponse { header: Some(header(revision)), prev_kv: previous.filter(|_| request.prev_kv) })
+    Ok(PutResponse {
+        header: Some(header(revision)),
+        prev_kv: previous.filter(|_| request.prev_kv),
+    })
 }
 
-fn delete_range(txn: &mut impl Write, request: &DeleteRangeRequest) -> Result<DeleteRangeResponse, ServerError> {
+fn delete_range(
+    txn: &mut impl Write,
+    request: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, ServerError> {
     let end = RangeEnd::from_request(&request.range_end);
-    let prev_kvs =
-        if request.prev_kv { txn.range(&request.key, end, &RangeOptions::default())?.kvs } else { Vec::new() };
+    let prev_kvs = if request.prev_kv {
+        txn.range(&request.key, end, &RangeOptions::default())?.kvs
+    } else {
+        Vec::new()
+    };
     let (deleted, revision) = txn.delete_range(&request.key, end)?;
-    Ok(DeleteRangeResponse { header: Some(header(revision)), deleted, prev_kvs })
+    Ok(DeleteRangeResponse {
+        header: Some(header(revision)),
+        deleted,
+        prev_kvs,
+    })
 }
 
 /// True when no branch that could run writes anything (etcd then serves it without the log).
 pub fn is_read_only(request: &TxnRequest) -> bool {
-    request.success.iter().chain(&request.failure).all(|op| match &op.request {
-        Some(Op::RequestRange(_)) | None => true,
-        Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => false,
-        Some(Op::RequestTxn(nested)) => is_read_only(nested),
-    })
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(_)) | None => true,
+            Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => false,
+            Some(Op::RequestTxn(nested)) => is_read_only(nested),
+        })
 }
 
 /// Serves a read-only transaction from the current state.
@@ -185,7 +217,10 @@ fn run_txn(txn: &mut impl Write, request: &TxnRequest) -> Result<TxnResponse, Se
 
 /// The branch each transaction on the path takes, outer first, depth first.
 fn compare_to_path(view: &impl ReadView, request: &TxnRequest, path: &mut Vec<bool>) {
-    let succeeded = request.compare.iter().all(|compare| compare_holds(view, compare));
+    let succeeded = request
+        .compare
+        .iter()
+        .all(|compare| compare_holds(view, compare));
     path.push(succeeded);
     for op in branch(request, succeeded) {
         if let Some(Op::RequestTxn(nested)) = &op.request {
@@ -203,8 +238,11 @@ fn branch(request: &TxnRequest, succeeded: bool) -> &[keel_api::etcdserverpb::Re
 }
 
 fn compare_holds(view: &impl ReadView, compare: &Compare) -> bool {
-    let Ok(result) = view.range(&compare.key, RangeEnd::from_request(&compare.range_end), &RangeOptions::default())
-    else {
+    let Ok(result) = view.range(
+        &compare.key,
+        RangeEnd::from_request(&compare.range_end),
+        &RangeOptions::default(),
+    ) else {
         return false;
     };
     let target = CompareTarget::try_from(compare.target).unwrap_or(CompareTarget::Version);
@@ -267,7 +305,12 @@ fn compare_kv(compare: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
 
 /// etcd's checks before a transaction changes anything: a put that needs the previous key finds
 /// it, a put's lease exists, and a range's revision is readable.
-fn check_path(view: &impl ReadView, request: &TxnRequest, path: &[bool], position: &mut usize) -> Result<(), ServerError> {
+fn check_path(
+    view: &impl ReadView,
+    request: &TxnRequest,
+    path: &[bool],
+    position: &mut usize,
+) -> Result<(), ServerError> {
     let succeeded = path[*position];
     *position += 1;
     for op in branch(request, succeeded) {
@@ -309,9 +352,13 @@ fn execute(
     let mut responses = Vec::new();
     for op in branch(request, succeeded) {
         let response = match &op.request {
-            Some(Op::RequestRange(request)) => Some(OpResponse::ResponseRange(range(txn, request)?)),
+            Some(Op::RequestRange(request)) => {
+                Some(OpResponse::ResponseRange(range(txn, request)?))
+            }
             Some(Op::RequestPut(request)) => Some(OpResponse::ResponsePut(put(txn, request)?)),
-            Some(Op::RequestDeleteRange(request)) => Some(OpResponse::ResponseDeleteRange(delete_range(txn, request)?)),
+            Some(Op::RequestDeleteRange(request)) => {
+                Some(OpResponse::ResponseDeleteRange(delete_range(txn, request)?))
+            }
             Some(Op::RequestTxn(nested)) => {
                 let mut response = execute(txn, nested, path, position)?;
                 response.header = Some(ResponseHeader::default());
@@ -321,7 +368,11 @@ fn execute(
         };
         responses.push(ResponseOp { response });
     }
-    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded,
+        responses,
+    })
 }
 
 #[allow(dead_code)]

@@ -22,7 +22,10 @@ const FORMAT: u32 = 1;
 #[non_exhaustive]
 pub enum DataDirError {
     #[error("data dir {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "data dir {0} is not empty and is not a Keel data directory (it has no KEEL file); refusing to use it \
          (point --data-dir at an empty or new directory)"
@@ -59,12 +62,22 @@ impl DataDir {
     }
 
     /// Opens the directory at `path`, or creates it with `new_identity` when it is new or empty.
-    pub fn open_or_create(path: &Path, new_identity: impl FnOnce() -> Identity) -> Result<DataDir, DataDirError> {
-        let io = |source| DataDirError::Io { path: path.to_path_buf(), source };
+    pub fn open_or_create(
+        path: &Path,
+        new_identity: impl FnOnce() -> Identity,
+    ) -> Result<DataDir, DataDirError> {
+        let io = |source| DataDirError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let marker = path.join(MARKER);
         if marker.exists() {
             let identity = read_marker(&marker)?;
-            return Ok(DataDir { path: path.to_path_buf(), identity, created: false });
+            return Ok(DataDir {
+                path: path.to_path_buf(),
+                identity,
+                created: false,
+            });
         }
         if path.exists() {
             let mut entries = fs::read_dir(path).map_err(io)?;
@@ -75,7 +88,11 @@ impl DataDir {
         fs::create_dir_all(path).map_err(io)?;
         let identity = new_identity();
         write_marker(&marker, &identity).map_err(io)?;
-        Ok(DataDir { path: path.to_path_buf(), identity, created: true })
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            identity,
+            created: true,
+        })
     }
 }
 
@@ -93,19 +110,38 @@ fn write_marker(marker: &Path, identity: &Identity) -> std::io::Result<()> {
 }
 
 fn read_marker(marker: &Path) -> Result<Identity, DataDirError> {
-    let bad = |reason: String| DataDirError::BadMarker { path: marker.to_path_buf(), reason };
-    let text = fs::read_to_string(marker).map_err(|source| DataDirError::Io { path: marker.to_path_buf(), source })?;
+    let bad = |reason: String| DataDirError::BadMarker {
+        path: marker.to_path_buf(),
+        reason,
+    };
+    let text = fs::read_to_string(marker).map_err(|source| DataDirError::Io {
+        path: marker.to_path_buf(),
+        source,
+    })?;
     let field = |name: &str| {
         text.lines()
-            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('='))
+            })
             .ok_or_else(|| bad(format!("no {name}")))
     };
-    let hex = |name: &str| u64::from_str_radix(field(name)?, 16).map_err(|error| bad(format!("{name}: {error}")));
-    let format: u32 = field("format")?.parse().map_err(|error| bad(format!("format: {error}")))?;
+    let hex = |name: &str| {
+        u64::from_str_radix(field(name)?, 16).map_err(|error| bad(format!("{name}: {error}")))
+    };
+    let format: u32 = field("format")?
+        .parse()
+        .map_err(|error| bad(format!("format: {error}")))?;
     if format != FORMAT {
-        return Err(bad(format!("format {format}; this build reads format {FORMAT}")));
+        return Err(bad(format!(
+            "format {format}; this build reads format {FORMAT}"
+        )));
     }
-    Ok(Identity { name: field("name")?.to_string(), member_id: hex("member_id")?, cluster_id: hex("cluster_id")? })
+    Ok(Identity {
+        name: field("name")?.to_string(),
+        member_id: hex("member_id")?,
+        cluster_id: hex("cluster_id")?,
+    })
 }
 
 /// A stable 64-bit id from text (FNV-1a), for member and cluster ids derived from the
@@ -127,7 +163,11 @@ mod tests {
     use super::*;
 
     fn identity() -> Identity {
-        Identity { name: "n1".into(), member_id: 0xabc, cluster_id: 0xdef }
+        Identity {
+            name: "n1".into(),
+            member_id: 0xabc,
+            cluster_id: 0xdef,
+        }
     }
 
     #[test]
@@ -136,7 +176,8 @@ mod tests {
         let path = dir.path().join("data");
         let created = DataDir::open_or_create(&path, identity).unwrap();
         assert!(created.created);
-        let opened = DataDir::open_or_create(&path, || panic!("must not make a new identity")).unwrap();
+        let opened =
+            DataDir::open_or_create(&path, || panic!("must not make a new identity")).unwrap();
         assert!(!opened.created);
         assert_eq!(opened.identity, identity());
     }

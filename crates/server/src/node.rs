@@ -73,7 +73,11 @@ pub enum StartError {
 }
 
 enum Command {
-    Propose { data: Vec<u8>, request: Request, responder: oneshot::Sender<Result<Response, ServerError>> },
+    Propose {
+        data: Vec<u8>,
+        request: Request,
+        responder: oneshot::Sender<Result<Response, ServerError>>,
+    },
     Stop,
 }
 
@@ -92,7 +96,11 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Node").field("identity", &self.identity).field("term", &self.term).finish()
+        formatter
+            .debug_struct("Node")
+            .field("identity", &self.identity)
+            .field("term", &self.term)
+            .finish()
     }
 }
 
@@ -106,12 +114,20 @@ impl Node {
             let mut parts: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
             parts.push(&config.initial_cluster_token);
             let member_id = stable_id(&parts);
-            let cluster_id = stable_id(&[&format!("{member_id:016x}"), &config.initial_cluster_token]);
-            Identity { name: config.name.clone(), member_id, cluster_id }
+            let cluster_id =
+                stable_id(&[&format!("{member_id:016x}"), &config.initial_cluster_token]);
+            Identity {
+                name: config.name.clone(),
+                member_id,
+                cluster_id,
+            }
         })?;
         let wal_dir = data_dir.wal_dir();
         let (mut wal, replay) = if data_dir.created || !wal_dir.exists() {
-            std::fs::create_dir_all(&wal_dir).map_err(|source| DataDirError::Io { path: wal_dir.clone(), source })?;
+            std::fs::create_dir_all(&wal_dir).map_err(|source| DataDirError::Io {
+                path: wal_dir.clone(),
+                source,
+            })?;
             (Wal::create(&wal_dir, WalOptions::default())?, None)
         } else {
             let (wal, replay) = Wal::open(&wal_dir, WalOptions::default())?;
@@ -130,21 +146,42 @@ impl Node {
             let mut replayed = 0u64;
             for entry in replay.entries.iter().filter(|entry| entry.index > applied) {
                 if replayed == 0 && entry.index != applied + 1 {
-                    return Err(StartError::LogGap { first: entry.index, applied });
+                    return Err(StartError::LogGap {
+                        first: entry.index,
+                        applied,
+                    });
                 }
-                let (_, request) = Request::decode(&entry.data)
-                    .map_err(|error| StartError::Entry { index: entry.index, reason: error.to_string() })?;
+                let (_, request) =
+                    Request::decode(&entry.data).map_err(|error| StartError::Entry {
+                        index: entry.index,
+                        reason: error.to_string(),
+                    })?;
                 match apply(&store, entry.index, &request) {
                     Ok(_) | Err(ServerError::Etcd(_)) => {}
-                    Err(error) => return Err(StartError::Replay { index: entry.index, reason: error.to_string() }),
+                    Err(error) => {
+                        return Err(StartError::Replay {
+                            index: entry.index,
+                            reason: error.to_string(),
+                        })
+                    }
                 }
                 replayed += 1;
             }
-            tracing::info!(replayed, applied_before = applied, last_index = last, "replayed the log");
+            tracing::info!(
+                replayed,
+                applied_before = applied,
+                last_index = last,
+                "replayed the log"
+            );
         }
-        // A single member elects itself at every start: a new term, as etcd's would.
-        let term = previous_term + 1;
-        wal.append_hard_state(&HardState { term, vote: data_dir.identity.member_id, commit: wal.last_index() })?;
+        // A single member elects itself at every start: a new term, as etcd's would. etcd's
+        // first election is term 2 (term 1 holds the bootstrap entries), so is Keel's.
+        let term = (previous_term + 1).max(2);
+        wal.append_hard_state(&HardState {
+            term,
+            vote: data_dir.identity.member_id,
+            commit: wal.last_index(),
+        })?;
         wal.sync()?;
 
         let (commands, receiver) = mpsc::channel(PROPOSALS_QUEUED_MAX);
@@ -160,7 +197,10 @@ impl Node {
         let handle = std::thread::Builder::new()
             .name("keel-writer".into())
             .spawn(move || writer.run(receiver, failure_sender))
-            .map_err(|source| DataDirError::Io { path: config.data_dir.clone(), source })?;
+            .map_err(|source| DataDirError::Io {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         tracing::info!(
             name = %data_dir.identity.name,
             member_id = format!("{:x}", data_dir.identity.member_id),
@@ -207,7 +247,11 @@ impl Node {
         ResponseHeader {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
-            revision: if revision == 0 { self.store.revision() } else { revision },
+            revision: if revision == 0 {
+                self.store.revision()
+            } else {
+                revision
+            },
             raft_term: self.term,
         }
     }
@@ -234,7 +278,11 @@ impl Node {
         let data = request.encode(0);
         let (responder, response) = oneshot::channel();
         self.commands
-            .send(Command::Propose { data, request, responder })
+            .send(Command::Propose {
+                data,
+                request,
+                responder,
+            })
             .await
             .map_err(|_| ServerError::Stopped)?;
         response.await.map_err(|_| ServerError::Stopped)?
@@ -243,7 +291,11 @@ impl Node {
     /// Stops the writer after the proposals already queued, and makes the store durable.
     pub async fn stop(&self) {
         let _ = self.commands.send(Command::Stop).await;
-        let handle = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -263,19 +315,33 @@ struct Writer {
 type Batch = Vec<(Request, oneshot::Sender<Result<Response, ServerError>>)>;
 
 impl Writer {
-    fn run(mut self, mut commands: mpsc::Receiver<Command>, failure: watch::Sender<Option<String>>) {
+    fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        failure: watch::Sender<Option<String>>,
+    ) {
         let mut stopping = false;
         while !stopping {
-            let Some(first) = commands.blocking_recv() else { break };
+            let Some(first) = commands.blocking_recv() else {
+                break;
+            };
             let mut entries = Vec::new();
             let mut batch: Batch = Vec::new();
             let mut batch_bytes = 0;
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Propose { data, request, responder } => {
+                    Command::Propose {
+                        data,
+                        request,
+                        responder,
+                    } => {
                         batch_bytes += data.len();
-                        entries.push(Entry { term: self.term, index: self.next_index + entries.len() as u64, data });
+                        entries.push(Entry {
+                            term: self.term,
+                            index: self.next_index + entries.len() as u64,
+                            data,
+                        });
                         batch.push((request, responder));
                     }
                     Command::Stop => {
@@ -304,7 +370,10 @@ impl Writer {
             return Ok(());
         }
         // Durable before anything is applied or answered: an answered write survives a crash.
-        let written = self.wal.append_entries(&entries).and_then(|()| self.wal.sync());
+        let written = self
+            .wal
+            .append_entries(&entries)
+            .and_then(|()| self.wal.sync());
         if let Err(error) = written {
             for (_, responder) in batch {
                 let _ = responder.send(Err(ServerError::Stopped));
@@ -323,10 +392,17 @@ impl Writer {
         }
         self.applied_since_durable += entries.len() as u64;
         if self.applied_since_durable >= self.durable_every_entries {
-            self.store.sync().map_err(|error| format!("store: {error}"))?;
+            self.store
+                .sync()
+                .map_err(|error| format!("store: {error}"))?;
             self.applied_since_durable = 0;
-            let keep_from = self.store.consistent_index().saturating_sub(CATCH_UP_ENTRIES);
-            self.wal.release_before(keep_from).map_err(|error| format!("releasing old log: {error}"))?;
+            let keep_from = self
+                .store
+                .consistent_index()
+                .saturating_sub(CATCH_UP_ENTRIES);
+            self.wal
+                .release_before(keep_from)
+                .map_err(|error| format!("releasing old log: {error}"))?;
         }
         Ok(())
     }

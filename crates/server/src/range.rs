@@ -26,8 +26,16 @@ pub fn range(view: &impl ReadView, request: &RangeRequest) -> Result<RangeRespon
     } else {
         request.limit as usize + 1
     };
-    let options = RangeOptions { limit, revision: request.revision, count_only: request.count_only };
-    let result = view.range(&request.key, RangeEnd::from_request(&request.range_end), &options)?;
+    let options = RangeOptions {
+        limit,
+        revision: request.revision,
+        count_only: request.count_only,
+    };
+    let result = view.range(
+        &request.key,
+        RangeEnd::from_request(&request.range_end),
+        &options,
+    )?;
     let mut kvs = result.kvs;
 
     if request.max_mod_revision != 0 {
@@ -79,7 +87,10 @@ pub fn range(view: &impl ReadView, request: &RangeRequest) -> Result<RangeRespon
         }
     }
     Ok(RangeResponse {
-        header: Some(ResponseHeader { revision: result.revision, ..ResponseHeader::default() }),
+        header: Some(ResponseHeader {
+            revision: result.revision,
+            ..ResponseHeader::default()
+        }),
         kvs,
         more,
         count: result.count as i64,

@@ -61,14 +61,19 @@ impl Request {
     /// Returns the request and the id it was proposed with.
     pub fn decode(bytes: &[u8]) -> Result<(u64, Request), DecodeError> {
         if bytes.len() < HEADER_BYTES {
-            return Err(DecodeError(format!("{} bytes is shorter than the header", bytes.len())));
+            return Err(DecodeError(format!(
+                "{} bytes is shorter than the header",
+                bytes.len()
+            )));
         }
         let id = u64::from_le_bytes(bytes[1..HEADER_BYTES].try_into().expect("8 bytes"));
         let body = &bytes[HEADER_BYTES..];
         let error = |error: prost::DecodeError| DecodeError(error.to_string());
         let request = match bytes[0] {
             KIND_PUT => Request::Put(PutRequest::decode(body).map_err(error)?),
-            KIND_DELETE_RANGE => Request::DeleteRange(DeleteRangeRequest::decode(body).map_err(error)?),
+            KIND_DELETE_RANGE => {
+                Request::DeleteRange(DeleteRangeRequest::decode(body).map_err(error)?)
+            }
             KIND_TXN => Request::Txn(TxnRequest::decode(body).map_err(error)?),
             KIND_COMPACTION => Request::Compaction(CompactionRequest::decode(body).map_err(error)?),
             other => return Err(DecodeError(format!("unknown kind {other}"))),
@@ -84,10 +89,21 @@ mod tests {
     #[test]
     fn every_kind_round_trips_with_its_id() {
         let requests = [
-            Request::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }),
-            Request::DeleteRange(DeleteRangeRequest { key: b"a".to_vec(), range_end: b"z".to_vec(), ..Default::default() }),
+            Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }),
+            Request::DeleteRange(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"z".to_vec(),
+                ..Default::default()
+            }),
             Request::Txn(TxnRequest::default()),
-            Request::Compaction(CompactionRequest { revision: 7, physical: true }),
+            Request::Compaction(CompactionRequest {
+                revision: 7,
+                physical: true,
+            }),
         ];
         for (id, request) in requests.into_iter().enumerate() {
             let bytes = request.encode(id as u64 + 40);
@@ -97,7 +113,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&b""[..], b"\x01", b"\x09\0\0\0\0\0\0\0\0", b"\x01\0\0\0\0\0\0\0\0\xff\xff"] {
+        for bytes in [
+            &b""[..],
+            b"\x01",
+            b"\x09\0\0\0\0\0\0\0\0",
+            b"\x01\0\0\0\0\0\0\0\0\xff\xff",
+        ] {
             assert!(Request::decode(bytes).is_err(), "{bytes:?}");
         }
     }

@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use keel_raft::{
-    ConfChange, ConfState, Config, Entry, EntryKind, Message, MessageKind, MemStorage, NodeId,
-    RawNode, Role, SnapshotStatus, SplitMix64, Storage,
+    ConfChange, ConfChangeKind, ConfState, Config, Entry, EntryKind, MemStorage, Message,
+    MessageKind, NodeId, RawNode, Role, SnapshotStatus, SplitMix64, Storage,
 };
 
 /// Logical time: a tick is `SUBSTEPS_PER_TICK` network sub-steps, so a round trip usually
@@ -93,6 +93,8 @@ pub struct SimNode {
     persisted_base: u64,
     persisted_chains: Vec<u64>,
     observed_commit: u64,
+    /// (term, role, leader) at the last observation, for tracing.
+    observed_roles: (u64, Role, Option<NodeId>),
     pub restarts: u64,
 }
 
@@ -215,6 +217,14 @@ pub struct Cluster {
     pub now: u64,
     pub seed: u64,
     next_read: u64,
+    /// Print role changes and faults to stderr (`KEEL_SIM_TRACE=1`).
+    pub trace: bool,
+    /// Nodes whose removal some node has applied.
+    pub removed: BTreeSet<NodeId>,
+    /// Stop removed nodes for good, as an operator would. Without check-quorum a removed node
+    /// that never learns of its removal keeps timing out and disrupting the cluster with
+    /// higher terms (a known Raft limitation that check-quorum's vote lease fixes).
+    pub decommission_removed: bool,
     /// Compact a node's log once it has applied this many entries past its snapshot.
     pub compact_after_entries: u64,
 }
@@ -256,6 +266,7 @@ impl Cluster {
                 persisted_base: 0,
                 persisted_chains: Vec::new(),
                 observed_commit: 0,
+                observed_roles: (0, Role::Follower, None),
                 restarts: 0,
             };
             node.reset_persisted_chains(snapshot.metadata.index, snapshot_chain(&snapshot.data));
@@ -275,6 +286,9 @@ impl Cluster {
             now: 0,
             seed: options.seed,
             next_read: 0,
+            trace: std::env::var_os("KEEL_SIM_TRACE").is_some(),
+            removed: BTreeSet::new(),
+            decommission_removed: !options.check_quorum,
             compact_after_entries: u64::MAX,
         };
         let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
@@ -307,9 +321,8 @@ impl Cluster {
         config.applied = snapshot.metadata.index;
         // A restarted node draws new timeouts, as a real one would.
         config.random_seed = config.random_seed.wrapping_add(node.restarts);
-        let raw = RawNode::new(&config, storage).unwrap_or_else(|e| {
-            panic!("seed {}: node {id} failed to restart: {e}", self.seed)
-        });
+        let raw = RawNode::new(&config, storage)
+            .unwrap_or_else(|e| panic!("seed {}: node {id} failed to restart: {e}", self.seed));
         node.applied_index = snapshot.metadata.index;
         node.applied_chain = snapshot_chain(&snapshot.data);
         node.applied_payloads.clear();
@@ -320,6 +333,9 @@ impl Cluster {
 
     /// Power cut: everything not yet persisted through a Ready is lost.
     pub fn crash(&mut self, id: NodeId) {
+        if self.trace {
+            eprintln!("t={} node {id}: crash", self.now);
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
         if let Some(raw) = node.raw.take() {
             node.crashed_storage = Some(raw.into_storage());
@@ -328,7 +344,13 @@ impl Cluster {
     }
 
     pub fn restart(&mut self, id: NodeId) {
+        if self.decommission_removed && self.removed.contains(&id) {
+            return;
+        }
         if !self.nodes[&id].is_up() {
+            if self.trace {
+                eprintln!("t={} node {id}: restart", self.now);
+            }
             self.start(id);
         }
     }
@@ -389,6 +411,7 @@ impl Cluster {
             applied_checks.push((node.applied_index, node.applied_chain));
         }
         let mut payloads = Vec::new();
+        let mut removed = Vec::new();
         for entry in &ready.committed_entries {
             assert_eq!(
                 entry.index,
@@ -403,9 +426,13 @@ impl Cluster {
                     let change = ConfChange::decode(&entry.data)
                         .unwrap_or_else(|e| panic!("seed {seed}: bad conf change: {e}"));
                     node.raw_mut().apply_conf_change(&change);
+                    if change.kind == ConfChangeKind::RemoveNode {
+                        removed.push(change.node_id);
+                    }
                 }
                 EntryKind::Normal if !entry.data.is_empty() => {
-                    node.applied_payloads.push((entry.index, entry.data.clone()));
+                    node.applied_payloads
+                        .push((entry.index, entry.data.clone()));
                     payloads.push((entry.index, entry.data.clone()));
                 }
                 EntryKind::Normal => {}
@@ -438,6 +465,12 @@ impl Cluster {
         }
         self.maybe_compact(id);
         self.observe(id);
+        for gone in removed {
+            self.removed.insert(gone);
+            if self.decommission_removed {
+                self.crash(gone);
+            }
+        }
         true
     }
 
@@ -497,6 +530,19 @@ impl Cluster {
         };
         let hard = raw.hard_state();
         let soft = raw.soft_state();
+        let roles = (hard.term, soft.role, soft.leader);
+        if self.trace && roles != node.observed_roles {
+            eprintln!(
+                "t={} node {id}: term {} {:?} leader {:?} commit {} last {}",
+                self.now,
+                hard.term,
+                soft.role,
+                soft.leader,
+                hard.commit,
+                raw.status().last_index
+            );
+        }
+        node.observed_roles = roles;
         assert!(
             hard.commit >= node.observed_commit,
             "seed {seed}: node {id} commit index went back from {} to {}",
@@ -629,7 +675,8 @@ impl Cluster {
             self.deliver(message);
         }
         for id in self.ids() {
-            if self.faults.ready_per_mille >= 1000 || self.rng.chance(self.faults.ready_per_mille, 1000)
+            if self.faults.ready_per_mille >= 1000
+                || self.rng.chance(self.faults.ready_per_mille, 1000)
             {
                 self.process_ready(id);
             }

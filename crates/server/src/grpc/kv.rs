@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use keel_api::etcdserverpb::kv_server::Kv;
 use keel_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -24,7 +24,11 @@ impl KvService {
         KvService { node, max_txn_ops }
     }
 
-    fn respond<T>(&self, mut response: T, header: impl FnOnce(&mut T) -> &mut Option<keel_api::etcdserverpb::ResponseHeader>) -> Result<Response<T>, Status> {
+    fn respond<T>(
+        &self,
+        mut response: T,
+        header: impl FnOnce(&mut T) -> &mut Option<keel_api::etcdserverpb::ResponseHeader>,
+    ) -> Result<Response<T>, Status> {
         let slot = header(&mut response);
         let revision = slot.map_or(0, |header| header.revision);
         *slot = Some(self.node.header(revision));
@@ -39,7 +43,10 @@ fn expect<T>(applied: Applied, pick: impl FnOnce(Applied) -> Option<T>) -> T {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
         validate::check_range(&request)?;
         // One member: every acknowledged write is applied, so local state is linearizable.
@@ -58,7 +65,10 @@ impl Kv for KvService {
         self.respond(response, |response| &mut response.header)
     }
 
-    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let request = request.into_inner();
         validate::check_delete(&request)?;
         let applied = self.node.propose(Proposal::DeleteRange(request)).await?;
@@ -85,8 +95,14 @@ impl Kv for KvService {
         self.respond(response, |response| &mut response.header)
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        let applied = self.node.propose(Proposal::Compaction(request.into_inner())).await?;
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let applied = self
+            .node
+            .propose(Proposal::Compaction(request.into_inner()))
+            .await?;
         let response = expect(applied, |applied| match applied {
             Applied::Compaction(response) => Some(response),
             _ => None,

@@ -30,7 +30,10 @@ impl Maintenance for MaintenanceService {
 
     async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         // No alarm is ever raised yet (the space quota is checked per request).
-        Ok(Response::new(AlarmResponse { header: Some(self.node.header(0)), alarms: Vec::new() }))
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.node.header(0)),
+            alarms: Vec::new(),
+        }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -52,7 +55,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         Err(not_yet("Maintenance.Defragment", 3))
     }
 
@@ -64,15 +70,24 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Maintenance.HashKV", 3))
     }
 
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(not_yet("Maintenance.Snapshot", 3))
     }
 
-    async fn move_leader(&self, _: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(not_yet("Maintenance.MoveLeader", 3))
     }
 
-    async fn downgrade(&self, _: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_yet("Maintenance.Downgrade", 3))
     }
 }

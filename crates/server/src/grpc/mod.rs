@@ -51,16 +51,23 @@ pub async fn serve(
     let send_limit = usize::MAX;
     macro_rules! limits {
         ($server:expr) => {
-            $server.max_decoding_message_size(receive_limit).max_encoding_message_size(send_limit)
+            $server
+                .max_decoding_message_size(receive_limit)
+                .max_encoding_message_size(send_limit)
         };
     }
     tonic::transport::Server::builder()
-        .add_service(limits!(KvServer::new(KvService::new(Arc::clone(&node), config.max_txn_ops))))
+        .add_service(limits!(KvServer::new(KvService::new(
+            Arc::clone(&node),
+            config.max_txn_ops
+        ))))
         .add_service(limits!(MaintenanceServer::new(MaintenanceService::new(
             Arc::clone(&node),
             config.db_path.clone()
         ))))
-        .add_service(limits!(ClusterServer::new(ClusterService::new(Arc::clone(&node)))))
+        .add_service(limits!(ClusterServer::new(ClusterService::new(
+            Arc::clone(&node)
+        ))))
         .add_service(limits!(WatchServer::new(NotYet)))
         .add_service(limits!(LeaseServer::new(NotYet)))
         .add_service(limits!(AuthServer::new(NotYet)))

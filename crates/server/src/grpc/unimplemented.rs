@@ -11,8 +11,8 @@ use keel_api::etcdserverpb::watch_server::Watch;
 use keel_api::etcdserverpb::*;
 use keel_api::v3electionpb::election_server::Election;
 use keel_api::v3electionpb::{
-    CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest, ProclaimResponse,
-    ResignRequest, ResignResponse,
+    CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
 };
 use keel_api::v3lockpb::lock_server::Lock;
 use keel_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
@@ -22,7 +22,9 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 's
 
 /// The status for an RPC that isn't built yet.
 pub fn not_yet(rpc: &str, issue: u32) -> Status {
-    Status::unimplemented(format!("keel: {rpc} is not implemented yet (issue #{issue})"))
+    Status::unimplemented(format!(
+        "keel: {rpc} is not implemented yet (issue #{issue})"
+    ))
 }
 
 /// Serves Watch, Lease, Auth, Election and Lock until their issues land.

@@ -40,7 +40,10 @@ pub fn encode_put(kv: &KeyValue) -> Vec<u8> {
 }
 
 pub fn encode_tombstone(key: &[u8]) -> Vec<u8> {
-    let kv = KeyValue { key: key.to_vec(), ..KeyValue::default() };
+    let kv = KeyValue {
+        key: key.to_vec(),
+        ..KeyValue::default()
+    };
     let mut bytes = Vec::with_capacity(1 + kv.encoded_len());
     bytes.push(KIND_TOMBSTONE);
     kv.encode(&mut bytes).expect("a Vec grows as needed");
@@ -48,7 +51,8 @@ pub fn encode_tombstone(key: &[u8]) -> Vec<u8> {
 }
 
 pub fn decode(revision: (i64, i64), bytes: &[u8]) -> Result<Record, MvccError> {
-    let corrupt = |why: String| MvccError::Corrupt(format!("record at revision {revision:?}: {why}"));
+    let corrupt =
+        |why: String| MvccError::Corrupt(format!("record at revision {revision:?}: {why}"));
     let (&kind, body) = bytes.split_first().ok_or_else(|| corrupt("empty".into()))?;
     let kv = KeyValue::decode(body).map_err(|error| corrupt(error.to_string()))?;
     match kind {

@@ -52,7 +52,10 @@ impl KeyIndex {
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
         }
-        let generation = self.generations.last_mut().expect("just ensured a generation");
+        let generation = self
+            .generations
+            .last_mut()
+            .expect("just ensured a generation");
         if generation.is_empty() {
             generation.created = revision;
         }
@@ -66,7 +69,11 @@ impl KeyIndex {
     pub fn restore(&mut self, created: Revision, modified: Revision, version: i64) {
         debug_assert!(self.generations.is_empty());
         self.modified = modified;
-        self.generations.push(Generation { version, created, revisions: vec![modified] });
+        self.generations.push(Generation {
+            version,
+            created,
+            revisions: vec![modified],
+        });
     }
 
     /// Records a delete at `revision`: the tombstone closes the live generation.
@@ -74,7 +81,11 @@ impl KeyIndex {
         if self.is_empty() {
             // Only when restoring history that starts with a tombstone (its put was compacted):
             // the generation holds just its end.
-            self.generations = vec![Generation { version: 1, created: revision, revisions: vec![revision] }];
+            self.generations = vec![Generation {
+                version: 1,
+                created: revision,
+                revisions: vec![revision],
+            }];
             self.modified = revision;
         } else {
             self.put(revision);
@@ -90,7 +101,10 @@ impl KeyIndex {
     pub fn get(&self, at: i64) -> Option<KeyAt> {
         let generation = self.find_generation(at)?;
         // The newest revision of the generation that is not after `at`.
-        let position = generation.revisions.iter().rposition(|revision| revision.main <= at)?;
+        let position = generation
+            .revisions
+            .iter()
+            .rposition(|revision| revision.main <= at)?;
         let newer = generation.revisions.len() - position - 1;
         Some(KeyAt {
             modified: generation.revisions[position],
@@ -102,7 +116,9 @@ impl KeyIndex {
     fn find_generation(&self, at: i64) -> Option<&Generation> {
         let last = self.generations.len().checked_sub(1)?;
         for (position, generation) in self.generations.iter().enumerate().rev() {
-            let Some(first) = generation.revisions.first() else { continue };
+            let Some(first) = generation.revisions.first() else {
+                continue;
+            };
             if position != last {
                 let tombstone = generation.revisions.last().expect("non-empty generation");
                 if tombstone.main <= at {
@@ -126,7 +142,10 @@ impl KeyIndex {
         let mut generation_index = 0;
         while generation_index < self.generations.len() - 1 {
             let generation = &self.generations[generation_index];
-            let tombstone = generation.revisions.last().expect("closed generations are non-empty");
+            let tombstone = generation
+                .revisions
+                .last()
+                .expect("closed generations are non-empty");
             if tombstone.main > at {
                 break;
             }
@@ -135,7 +154,11 @@ impl KeyIndex {
         let last = self.generations.len() - 1;
         let generation = &mut self.generations[generation_index];
         if !generation.is_empty() {
-            if let Some(position) = generation.revisions.iter().rposition(|revision| revision.main <= at) {
+            if let Some(position) = generation
+                .revisions
+                .iter()
+                .rposition(|revision| revision.main <= at)
+            {
                 keep.insert(generation.revisions[position]);
                 generation.revisions.drain(..position);
             }
@@ -183,7 +206,10 @@ impl TreeIndex {
     }
 
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) {
-        self.keys.entry(key.to_vec()).or_default().tombstone(revision);
+        self.keys
+            .entry(key.to_vec())
+            .or_default()
+            .tombstone(revision);
     }
 
     pub fn key_index_mut(&mut self, key: &[u8]) -> &mut KeyIndex {
@@ -196,7 +222,13 @@ impl TreeIndex {
 
     /// Calls `visit` with each key in the range alive at `at`, in key order, until it returns
     /// false.
-    pub fn range(&self, key: &[u8], end: RangeEnd<'_>, at: i64, mut visit: impl FnMut(&[u8], KeyAt) -> bool) {
+    pub fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        at: i64,
+        mut visit: impl FnMut(&[u8], KeyAt) -> bool,
+    ) {
         let upper = match end {
             RangeEnd::Single => {
                 if let Some(found) = self.get(key, at) {
@@ -278,7 +310,9 @@ mod tests {
             (100, Some((16, 16, 1))),
         ];
         for &(at, expected) in cases {
-            let got = index.get(at).map(|found| (found.modified.main, found.created.main, found.version));
+            let got = index
+                .get(at)
+                .map(|found| (found.modified.main, found.created.main, found.version));
             assert_eq!(got, expected, "get at {at}");
         }
     }
@@ -306,7 +340,10 @@ mod tests {
             kept_mains.sort();
             assert_eq!(kept_mains, kept, "kept at {at}");
             let after: Vec<_> = (at..20).map(|r| index.get(r)).collect();
-            assert_eq!(before, after, "reads at or after {at} unchanged by compaction");
+            assert_eq!(
+                before, after,
+                "reads at or after {at} unchanged by compaction"
+            );
         }
     }
 

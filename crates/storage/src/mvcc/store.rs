@@ -44,7 +44,12 @@ pub struct RangeResult {
 /// A consistent view of the store: every range through it reads one revision's state.
 pub trait ReadView {
     /// Reads keys in `[key, end)` as of `options.revision` (0: this view's revision).
-    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError>;
+    fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        options: &RangeOptions,
+    ) -> Result<RangeResult, MvccError>;
     /// The revision this view reads at.
     fn revision(&self) -> i64;
     /// Reads before this revision fail.
@@ -67,7 +72,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Store").field("revision", &self.revision()).finish_non_exhaustive()
+        formatter
+            .debug_struct("Store")
+            .field("revision", &self.revision())
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +86,9 @@ impl Store {
         let write = db.begin_write()?;
         let (current_revision, compact_revision, consistent_index) = {
             let mut meta = write.open_table(META)?;
-            let stored_version = meta.get(backend::META_SCHEMA_VERSION)?.map(|version| version.value());
+            let stored_version = meta
+                .get(backend::META_SCHEMA_VERSION)?
+                .map(|version| version.value());
             match stored_version {
                 None => {
                     meta.insert(backend::META_SCHEMA_VERSION, backend::SCHEMA_VERSION)?;
@@ -92,7 +102,9 @@ impl Store {
                 }
             }
             write.open_table(KV)?;
-            let read = |name| -> Result<u64, MvccError> { Ok(meta.get(name)?.map_or(0, |value| value.value())) };
+            let read = |name| -> Result<u64, MvccError> {
+                Ok(meta.get(name)?.map_or(0, |value| value.value()))
+            };
             (
                 read(backend::META_CURRENT_REVISION)? as i64,
                 read(backend::META_COMPACT_REVISION)? as i64,
@@ -115,7 +127,11 @@ impl Store {
                     Record::Put(kv) => {
                         let key_index = index.key_index_mut(&kv.key);
                         if key_index.is_empty() {
-                            key_index.restore(Revision::new(kv.create_revision, 0), revision, kv.version);
+                            key_index.restore(
+                                Revision::new(kv.create_revision, 0),
+                                revision,
+                                kv.version,
+                            );
                         } else {
                             key_index.put(revision);
                         }
@@ -126,7 +142,11 @@ impl Store {
         }
         let state = State {
             index,
-            current_revision: current_revision.max(last_revision).max(compact_revision),
+            // An empty store is at revision 1, so the first write is revision 2, as in etcd.
+            current_revision: current_revision
+                .max(last_revision)
+                .max(compact_revision)
+                .max(1),
             compact_revision,
             consistent_index,
         };
@@ -137,15 +157,22 @@ impl Store {
             keys = state.index.len(),
             "mvcc store opened"
         );
-        Ok(Store { db, state: RwLock::new(state) })
+        Ok(Store {
+            db,
+            state: RwLock::new(state),
+        })
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The newest revision.
@@ -169,7 +196,12 @@ impl Store {
     }
 
     /// Reads keys `[key, end)` as of `options.revision`.
-    pub fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+    pub fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        options: &RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
         let state = self.read_state();
         let read = self.db.begin_read()?;
         let (revisions, result) = plan_range(&state, state.current_revision, key, end, options)?;
@@ -199,7 +231,13 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         let begin_revision = state.current_revision;
-        Ok(WriteTxn { state, txn, begin_revision, changes: 0, consistent_index })
+        Ok(WriteTxn {
+            state,
+            txn,
+            begin_revision,
+            changes: 0,
+            consistent_index,
+        })
     }
 
     /// Compacts history before `revision` (log entry `consistent_index`): later reads before it
@@ -230,7 +268,10 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             meta.insert(backend::META_COMPACT_REVISION, revision as u64)?;
             meta.insert(backend::META_CONSISTENT_INDEX, consistent_index)?;
-            meta.insert(backend::META_CURRENT_REVISION, state.current_revision as u64)?;
+            meta.insert(
+                backend::META_CURRENT_REVISION,
+                state.current_revision as u64,
+            )?;
             doomed.len()
         };
         txn.commit()?;
@@ -261,7 +302,10 @@ impl Store {
 fn write_meta(txn: &WriteTransaction, state: &State) -> Result<(), MvccError> {
     let mut meta = txn.open_table(META)?;
     meta.insert(backend::META_CONSISTENT_INDEX, state.consistent_index)?;
-    meta.insert(backend::META_CURRENT_REVISION, state.current_revision as u64)?;
+    meta.insert(
+        backend::META_CURRENT_REVISION,
+        state.current_revision as u64,
+    )?;
     Ok(())
 }
 
@@ -296,7 +340,14 @@ fn plan_range(
         }
         true
     });
-    Ok((revisions, RangeResult { kvs: Vec::new(), revision: current, count }))
+    Ok((
+        revisions,
+        RangeResult {
+            kvs: Vec::new(),
+            revision: current,
+            count,
+        },
+    ))
 }
 
 /// Reads the values of `revisions` into `result`, opening the table only when there are any.
@@ -312,13 +363,15 @@ fn fetch<T: ReadableTable<(i64, i64), &'static [u8]>>(
     result.kvs.reserve(revisions.len());
     for revision in revisions {
         let key = (revision.main, revision.sub);
-        let stored = table
-            .get(key)?
-            .ok_or_else(|| MvccError::Corrupt(format!("index names revision {key:?}, which is not stored")))?;
+        let stored = table.get(key)?.ok_or_else(|| {
+            MvccError::Corrupt(format!("index names revision {key:?}, which is not stored"))
+        })?;
         match backend::decode(key, stored.value())? {
             Record::Put(kv) => result.kvs.push(kv),
             Record::Tombstone(_) => {
-                return Err(MvccError::Corrupt(format!("index names tombstone {key:?} as a live key")))
+                return Err(MvccError::Corrupt(format!(
+                    "index names tombstone {key:?} as a live key"
+                )))
             }
         }
     }
@@ -332,8 +385,14 @@ pub struct ReadTxn<'a> {
 }
 
 impl ReadView for ReadTxn<'_> {
-    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
-        let (revisions, result) = plan_range(&self.state, self.state.current_revision, key, end, options)?;
+    fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        options: &RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
+        let (revisions, result) =
+            plan_range(&self.state, self.state.current_revision, key, end, options)?;
         fetch(revisions, result, || Ok(self.read.open_table(KV)?))
     }
 
@@ -379,8 +438,18 @@ impl WriteTxn<'_> {
             Some(found) => (found.created.main, found.version + 1),
             None => (main, 1),
         };
-        let kv = KeyValue { key: key.to_vec(), create_revision, mod_revision: main, version, value, lease };
-        self.txn.open_table(KV)?.insert((revision.main, revision.sub), backend::encode_put(&kv).as_slice())?;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: main,
+            version,
+            value,
+            lease,
+        };
+        self.txn.open_table(KV)?.insert(
+            (revision.main, revision.sub),
+            backend::encode_put(&kv).as_slice(),
+        )?;
         self.state.index.put(key, revision);
         self.changes += 1;
         Ok(main)
@@ -402,7 +471,10 @@ impl WriteTxn<'_> {
             let mut table = self.txn.open_table(KV)?;
             for name in &doomed {
                 let revision = Revision::new(main, self.changes);
-                table.insert((revision.main, revision.sub), backend::encode_tombstone(name).as_slice())?;
+                table.insert(
+                    (revision.main, revision.sub),
+                    backend::encode_tombstone(name).as_slice(),
+                )?;
                 self.state.index.tombstone(name, revision);
                 self.changes += 1;
             }
@@ -432,7 +504,12 @@ impl WriteTxn<'_> {
 
 impl ReadView for WriteTxn<'_> {
     /// Reads see this transaction's own changes, as in etcd.
-    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+    fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        options: &RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
         let (revisions, result) = plan_range(&self.state, self.read_revision(), key, end, options)?;
         fetch(revisions, result, || Ok(self.txn.open_table(KV)?))
     }
@@ -448,7 +525,12 @@ impl ReadView for WriteTxn<'_> {
 
 /// A store read on its own is consistent: each range sees one revision.
 impl ReadView for Store {
-    fn range(&self, key: &[u8], end: RangeEnd<'_>, options: &RangeOptions) -> Result<RangeResult, MvccError> {
+    fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        options: &RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
         Store::range(self, key, end, options)
     }
 
