@@ -23,3 +23,6 @@ pub use error::MvccError;
 pub use key_index::{KeyAt, KeyIndex, RangeEnd, TreeIndex};
 pub use revision::Revision;
 pub use store::{RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteTxn};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! The store against etcd's revision model: revisions, generations, history, compaction, and
+//! rebuilding the index from disk.
+
+use super::*;
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("db")).unwrap()
+}
+
+fn put(store: &Store, index: u64, key: &str, value: &str) -> i64 {
+    let mut txn = store.write(index).unwrap();
+    txn.put(key.as_bytes(), value.as_bytes().to_vec(), 0)
+        .unwrap();
+    txn.commit(false).unwrap()
+}
+
+fn delete(store: &Store, index: u64, key: &str, end: RangeEnd<'_>) -> i64 {
+    let mut txn = store.write(index).unwrap();
+    let (deleted, _) = txn.delete_range(key.as_bytes(), end).unwrap();
+    assert!(deleted > 0);
+    txn.commit(false).unwrap()
+}
+
+fn get(
+    store: &Store,
+    key: &str,
+    revision: i64,
+) -> Result<Option<(String, i64, i64, i64)>, MvccError> {
+    let options = RangeOptions {
+        revision,
+        ..RangeOptions::default()
+    };
+    let result = store.range(key.as_bytes(), RangeEnd::Single, &options)?;
+    Ok(result.kvs.first().map(|kv| {
+        (
+            String::from_utf8(kv.value.clone()).unwrap(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+        )
+    }))
+}
+
+#[test]
+fn each_write_raises_the_revision_by_one_starting_after_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert_eq!(store.revision(), 1);
+    assert_eq!(put(&store, 1, "a", "1"), 2);
+    assert_eq!(put(&store, 2, "a", "2"), 3);
+    assert_eq!(get(&store, "a", 0).unwrap(), Some(("2".into(), 2, 3, 2)));
+    // A transaction without changes leaves the revision alone.
+    let txn = store.write(3).unwrap();
+    assert_eq!(txn.commit(false).unwrap(), 3);
+}
+
+#[test]
+fn a_delete_ends_a_generation_and_a_new_put_starts_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    put(&store, 1, "k", "a"); // 2
+    put(&store, 2, "k", "b"); // 3
+    delete(&store, 3, "k", RangeEnd::Single); // 4
+    put(&store, 4, "k", "c"); // 5
+    assert_eq!(get(&store, "k", 3).unwrap(), Some(("b".into(), 2, 3, 2)));
+    assert_eq!(get(&store, "k", 4).unwrap(), None);
+    assert_eq!(get(&store, "k", 5).unwrap(), Some(("c".into(), 5, 5, 1)));
+}
+
+#[test]
+fn all_changes_of_one_transaction_share_its_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    put(&store, 1, "a", "1");
+    let mut txn = store.write(2).unwrap();
+    assert_eq!(txn.put(b"b", b"2".to_vec(), 0).unwrap(), 3);
+    assert_eq!(txn.put(b"c", b"3".to_vec(), 0).unwrap(), 3);
+    // Reads inside the transaction see its own writes.
+    assert_eq!(
+        txn.range(b"a", RangeEnd::Unbounded, &RangeOptions::default())
+            .unwrap()
+            .count,
+        3
+    );
+    assert_eq!(txn.delete_range(b"a", RangeEnd::Single).unwrap(), (1, 3));
+    assert_eq!(txn.commit(false).unwrap(), 3);
+    let all = store
+        .range(b"a", RangeEnd::Unbounded, &RangeOptions::default())
+        .unwrap();
+    let keys: Vec<_> = all
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.mod_revision))
+        .collect();
+    assert_eq!(keys, [(b"b".to_vec(), 3), (b"c".to_vec(), 3)]);
+}
+
+#[test]
+fn compaction_keeps_reads_at_or_after_it_and_refuses_reads_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    put(&store, 1, "a", "1"); // 2
+    put(&store, 2, "a", "2"); // 3
+    put(&store, 3, "b", "1"); // 4
+    delete(&store, 4, "b", RangeEnd::Single); // 5
+    put(&store, 5, "a", "3"); // 6
+    let before: Vec<_> = (4..=6)
+        .map(|revision| {
+            (
+                get(&store, "a", revision).unwrap(),
+                get(&store, "b", revision).unwrap(),
+            )
+        })
+        .collect();
+    store.compact(4, 6).unwrap();
+    let after: Vec<_> = (4..=6)
+        .map(|revision| {
+            (
+                get(&store, "a", revision).unwrap(),
+                get(&store, "b", revision).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(before, after);
+    assert!(matches!(get(&store, "a", 3), Err(MvccError::Compacted)));
+    assert!(matches!(store.compact(4, 7), Err(MvccError::Compacted)));
+    assert!(matches!(
+        store.compact(99, 7),
+        Err(MvccError::FutureRevision)
+    ));
+    assert!(matches!(
+        get(&store, "a", 99),
+        Err(MvccError::FutureRevision)
+    ));
+}
+
+#[test]
+fn reopening_rebuilds_the_index_history_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        put(&store, 1, "a", "1"); // 2
+        put(&store, 2, "a", "2"); // 3
+        put(&store, 3, "b", "1"); // 4
+        delete(&store, 4, "b", RangeEnd::Single); // 5
+        put(&store, 5, "a", "3"); // 6
+        store.compact(3, 6).unwrap();
+        store.sync().unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(store.revision(), 6);
+    assert_eq!(store.compact_revision(), 3);
+    assert_eq!(store.consistent_index(), 6);
+    assert_eq!(get(&store, "a", 3).unwrap(), Some(("2".into(), 2, 3, 2)));
+    assert_eq!(get(&store, "a", 0).unwrap(), Some(("3".into(), 2, 6, 3)));
+    assert_eq!(get(&store, "b", 4).unwrap(), Some(("1".into(), 4, 4, 1)));
+    assert_eq!(get(&store, "b", 5).unwrap(), None);
+    // The version keeps counting after a restart over compacted history.
+    assert_eq!(put(&store, 7, "a", "4"), 7);
+    assert_eq!(get(&store, "a", 0).unwrap(), Some(("4".into(), 2, 7, 4)));
+}
+
+#[test]
+fn limit_and_count_only_count_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for (index, key) in ["a", "b", "c", "d"].iter().enumerate() {
+        put(&store, index as u64 + 1, key, "v");
+    }
+    let limited = store
+        .range(
+            b"a",
+            RangeEnd::Unbounded,
+            &RangeOptions {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((limited.kvs.len(), limited.count), (2, 4));
+    let counted = store
+        .range(
+            b"b",
+            RangeEnd::Before(b"d"),
+            &RangeOptions {
+                count_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((counted.kvs.len(), counted.count), (0, 2));
+}
