@@ -294,7 +294,9 @@ mod tests {
     #[test]
     fn get_finds_the_revision_alive_at_each_point_in_history() {
         let index = history();
-        let cases: &[(i64, Option<(i64, i64, i64)>)] = &[
+        // (read at, expected (modified, created, version))
+        type Case = (i64, Option<(i64, i64, i64)>);
+        let cases: &[Case] = &[
             (1, None),
             (2, Some((2, 2, 1))),
             (3, Some((2, 2, 1))),
