@@ -94,13 +94,13 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         advertise_client_urls: url_list(&flags.advertise_client_urls),
         snapshot_count: flags.snapshot_count,
         max_request_bytes: flags.max_request_bytes,
+        quota_backend_bytes: flags.quota_backend_bytes,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "starting keel");
     let node = Arc::new(tokio::task::spawn_blocking(move || Node::start(&node_config)).await??);
     let grpc_config = GrpcConfig {
         max_request_bytes: flags.max_request_bytes,
         max_txn_ops: flags.max_txn_ops,
-        db_path: data_dir.join("db"),
     };
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);

@@ -11,6 +11,7 @@ pub mod data_dir;
 mod error;
 pub mod grpc;
 pub mod node;
+pub mod quota;
 pub mod range;
 pub mod request;
 pub mod validate;

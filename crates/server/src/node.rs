@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::apply::{apply, Response};
 use crate::data_dir::{stable_id, DataDir, DataDirError, Identity};
+use crate::quota::Quota;
 use crate::request::Request;
 use crate::ServerError;
 
@@ -51,6 +52,8 @@ pub struct NodeConfig {
     pub snapshot_count: u64,
     /// Largest request accepted, encoded (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// Backend space quota (etcd's `--quota-backend-bytes`: 0 default, negative none).
+    pub quota_backend_bytes: i64,
 }
 
 #[derive(Debug, Error)]
@@ -92,6 +95,7 @@ pub struct Node {
     writer: Mutex<Option<JoinHandle<()>>>,
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
+    quota: Quota,
 }
 
 impl std::fmt::Debug for Node {
@@ -209,6 +213,7 @@ impl Node {
             revision = store.revision(),
             "member started"
         );
+        let quota = Quota::new(config.quota_backend_bytes, data_dir.db_path());
         Ok(Node {
             store,
             identity: data_dir.identity,
@@ -219,6 +224,7 @@ impl Node {
             writer: Mutex::new(Some(handle)),
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
+            quota,
         })
     }
 
@@ -240,6 +246,10 @@ impl Node {
 
     pub fn client_urls(&self) -> &[String] {
         &self.client_urls
+    }
+
+    pub fn quota(&self) -> &Quota {
+        &self.quota
     }
 
     /// A response header for this member; revision 0 means the current one.
@@ -275,6 +285,7 @@ impl Node {
         if request.encoded_len() > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge.into());
         }
+        self.quota.check(&request)?;
         let data = request.encode(0);
         let (responder, response) = oneshot::channel();
         self.commands

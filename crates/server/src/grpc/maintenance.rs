@@ -15,12 +15,11 @@ pub const ETCD_COMPATIBLE_VERSION: &str = "3.5.17";
 #[derive(Debug, Clone)]
 pub struct MaintenanceService {
     node: Arc<Node>,
-    db_path: std::path::PathBuf,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<Node>, db_path: std::path::PathBuf) -> MaintenanceService {
-        MaintenanceService { node, db_path }
+    pub fn new(node: Arc<Node>) -> MaintenanceService {
+        MaintenanceService { node }
     }
 }
 
@@ -28,16 +27,56 @@ impl MaintenanceService {
 impl Maintenance for MaintenanceService {
     type SnapshotStream = BoxStream<SnapshotResponse>;
 
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm is ever raised yet (the space quota is checked per request).
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        use alarm_request::AlarmAction;
+        let request = request.into_inner();
+        let member_id = self.node.identity().member_id;
+        let quota = self.node.quota();
+        let concerns_us = request.member_id == 0 || request.member_id == member_id;
+        let alarm = AlarmType::try_from(request.alarm).unwrap_or(AlarmType::None);
+        let was_raised = quota.no_space();
+        // The alarms the answer lists: the active ones (Get), or the ones the call changed.
+        let listed = match AlarmAction::try_from(request.action) {
+            Ok(AlarmAction::Get) => was_raised,
+            Ok(AlarmAction::Activate) if concerns_us && alarm == AlarmType::Nospace => {
+                quota.set_no_space(true);
+                true
+            }
+            Ok(AlarmAction::Deactivate)
+                if concerns_us && matches!(alarm, AlarmType::Nospace | AlarmType::None) =>
+            {
+                quota.set_no_space(false);
+                was_raised
+            }
+            _ => false,
+        };
+        let alarms = if listed {
+            vec![AlarmMember {
+                member_id,
+                alarm: AlarmType::Nospace as i32,
+            }]
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(AlarmResponse {
             header: Some(self.node.header(0)),
-            alarms: Vec::new(),
+            alarms,
         }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let db_size = std::fs::metadata(&self.db_path).map_or(0, |metadata| metadata.len() as i64);
+        let db_size = self.node.quota().db_size_bytes() as i64;
+        let errors = if self.node.quota().no_space() {
+            vec![format!(
+                "memberID:{} alarm:NOSPACE ",
+                self.node.identity().member_id
+            )]
+        } else {
+            Vec::new()
+        };
         let store = self.node.store();
         let index = store.consistent_index();
         Ok(Response::new(StatusResponse {
@@ -48,7 +87,7 @@ impl Maintenance for MaintenanceService {
             raft_index: index,
             raft_term: self.node.term(),
             raft_applied_index: index,
-            errors: Vec::new(),
+            errors,
             db_size_in_use: db_size,
             is_learner: false,
             ..StatusResponse::default()

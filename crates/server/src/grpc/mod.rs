@@ -36,7 +36,6 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub struct GrpcConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
-    pub db_path: std::path::PathBuf,
 }
 
 /// Serves every etcd v3 service on `listener` until `shutdown` resolves.
@@ -62,8 +61,7 @@ pub async fn serve(
             config.max_txn_ops
         ))))
         .add_service(limits!(MaintenanceServer::new(MaintenanceService::new(
-            Arc::clone(&node),
-            config.db_path.clone()
+            Arc::clone(&node)
         ))))
         .add_service(limits!(ClusterServer::new(ClusterService::new(
             Arc::clone(&node)
