@@ -333,3 +333,34 @@ fn unknown_flags_are_an_error_as_in_etcd() {
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("keel "));
 }
+
+#[test]
+fn etcd_environment_variables_configure_keel_like_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("from-env");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .env("ETCD_NAME", "envname")
+        .env("ETCD_DATA_DIR", &data_dir)
+        .env(
+            "ETCD_LISTEN_CLIENT_URLS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "keel exited");
+        assert!(
+            Instant::now() < deadline,
+            "keel did not listen on the port from ETCD_LISTEN_CLIENT_URLS"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let marker = std::fs::read_to_string(data_dir.join("KEEL")).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(marker.contains("name=envname"), "{marker}");
+}

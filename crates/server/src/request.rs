@@ -122,4 +122,31 @@ mod tests {
             assert!(Request::decode(bytes).is_err(), "{bytes:?}");
         }
     }
+
+    /// A cheap fuzz: random bytes, and valid entries with random bytes flipped, never panic.
+    #[test]
+    fn random_and_damaged_entries_never_panic() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid = Request::Txn(TxnRequest {
+            compare: vec![Default::default()],
+            success: vec![Default::default()],
+            failure: vec![],
+        })
+        .encode(9);
+        for _ in 0..20_000 {
+            let length = (next() % 64) as usize;
+            let random: Vec<u8> = (0..length).map(|_| next() as u8).collect();
+            let _ = Request::decode(&random);
+            let mut damaged = valid.clone();
+            let position = (next() as usize) % damaged.len();
+            damaged[position] ^= (next() as u8) | 1;
+            let _ = Request::decode(&damaged);
+        }
+    }
 }
