@@ -144,6 +144,9 @@ pub struct Flags {
     /// List of URLs to listen on for the metrics and health endpoints (not supported yet).
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
+    /// Duration of periodic watch progress notifications (Go duration: 10m, 5s, 500ms).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
     /// Path to a configuration file (not supported: use flags or ETCD_* variables).
     #[arg(long, env = "ETCD_CONFIG_FILE", default_value = "")]
     pub config_file: String,
@@ -204,6 +207,42 @@ pub fn listen_addresses(flag: &'static str, urls: &str) -> Result<Vec<SocketAddr
         });
     }
     Ok(addresses)
+}
+
+/// Parses a Go duration (`1h2m3s`, `500ms`, `10m`), as etcd's duration flags take.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Ok(total);
+    }
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or(format!("missing unit in {text:?}"))?;
+        let number: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[digits..];
+        let unit_length = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_length] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+        };
+        total += std::time::Duration::from_secs_f64(number * seconds);
+        rest = &rest[unit_length..];
+    }
+    Ok(total)
 }
 
 pub fn url_list(urls: &str) -> Vec<String> {
@@ -289,6 +328,24 @@ mod tests {
         assert_eq!(addresses, ["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]);
         assert!(listen_addresses("listen-client-urls", "https://127.0.0.1:2379").is_err());
         assert!(listen_addresses("listen-client-urls", "127.0.0.1:2379").is_err());
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(
+            parse_duration("10m"),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(
+            parse_duration("1h2m3s"),
+            Ok(std::time::Duration::from_secs(3723))
+        );
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5y").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use keel_server::grpc::{self, GrpcConfig};
+use keel_server::watch::WatchConfig;
 use keel_server::{Node, NodeConfig};
 
 use crate::config::{listen_addresses, normalize_args, url_list, Flags};
@@ -101,6 +102,12 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     let grpc_config = GrpcConfig {
         max_request_bytes: flags.max_request_bytes,
         max_txn_ops: flags.max_txn_ops,
+        watch: WatchConfig {
+            progress_interval: flags
+                .experimental_watch_progress_notify_interval
+                .max(std::time::Duration::from_millis(10)),
+            fragment_bytes_max: flags.max_request_bytes,
+        },
     };
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);

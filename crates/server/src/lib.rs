@@ -15,6 +15,7 @@ pub mod quota;
 pub mod range;
 pub mod request;
 pub mod validate;
+pub mod watch;
 
 pub use error::ServerError;
 pub use node::{Node, NodeConfig, StartError};

@@ -92,6 +92,8 @@ pub struct Node {
     max_request_bytes: usize,
     commands: mpsc::Sender<Command>,
     failure: watch::Receiver<Option<String>>,
+    /// The store's revision after each applied batch, for watch streams.
+    revisions: watch::Receiver<i64>,
     writer: Mutex<Option<JoinHandle<()>>>,
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
@@ -190,6 +192,7 @@ impl Node {
 
         let (commands, receiver) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let (failure_sender, failure) = watch::channel(None);
+        let (revision_sender, revisions) = watch::channel(store.revision());
         let writer = Writer {
             wal,
             store: Arc::clone(&store),
@@ -197,6 +200,7 @@ impl Node {
             next_index: last + 1,
             durable_every_entries: config.snapshot_count.clamp(1, 10_000),
             applied_since_durable: 0,
+            revisions: revision_sender,
         };
         let handle = std::thread::Builder::new()
             .name("keel-writer".into())
@@ -221,6 +225,7 @@ impl Node {
             max_request_bytes: config.max_request_bytes,
             commands,
             failure,
+            revisions,
             writer: Mutex::new(Some(handle)),
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
@@ -264,6 +269,11 @@ impl Node {
             },
             raft_term: self.term,
         }
+    }
+
+    /// Follows the store's revision: changes after every applied batch that moved it.
+    pub fn subscribe_revisions(&self) -> watch::Receiver<i64> {
+        self.revisions.clone()
     }
 
     /// Resolves when the member has stopped after a fatal error, with the reason.
@@ -321,6 +331,7 @@ struct Writer {
     next_index: u64,
     durable_every_entries: u64,
     applied_since_durable: u64,
+    revisions: watch::Sender<i64>,
 }
 
 type Batch = Vec<(Request, oneshot::Sender<Result<Response, ServerError>>)>;
@@ -401,6 +412,9 @@ impl Writer {
             }
             let _ = responder.send(result);
         }
+        let revision = self.store.revision();
+        self.revisions
+            .send_if_modified(|published| std::mem::replace(published, revision) != revision);
         self.applied_since_durable += entries.len() as u64;
         if self.applied_since_durable >= self.durable_every_entries {
             self.store

@@ -5,6 +5,7 @@ mod cluster;
 mod kv;
 mod maintenance;
 mod unimplemented;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +25,9 @@ pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use maintenance::{MaintenanceService, ETCD_COMPATIBLE_VERSION};
 pub use unimplemented::{not_yet, NotYet};
+pub use watch::WatchService;
 
+use crate::watch::WatchConfig;
 use crate::Node;
 
 /// gRPC adds this much to `--max-request-bytes` for its own receive limit, as etcd does, so a
@@ -36,6 +39,7 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub struct GrpcConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub watch: WatchConfig,
 }
 
 /// Serves every etcd v3 service on `listener` until `shutdown` resolves.
@@ -66,7 +70,10 @@ pub async fn serve(
         .add_service(limits!(ClusterServer::new(ClusterService::new(
             Arc::clone(&node)
         ))))
-        .add_service(limits!(WatchServer::new(NotYet)))
+        .add_service(limits!(WatchServer::new(WatchService::new(
+            Arc::clone(&node),
+            config.watch.clone()
+        ))))
         .add_service(limits!(LeaseServer::new(NotYet)))
         .add_service(limits!(AuthServer::new(NotYet)))
         .add_service(limits!(ElectionServer::new(NotYet)))

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use futures::Stream;
 use keel_api::etcdserverpb::auth_server::Auth;
 use keel_api::etcdserverpb::lease_server::Lease;
-use keel_api::etcdserverpb::watch_server::Watch;
 use keel_api::etcdserverpb::*;
 use keel_api::v3electionpb::election_server::Election;
 use keel_api::v3electionpb::{
@@ -48,12 +47,6 @@ macro_rules! not_yet_service {
         }
     };
 }
-
-not_yet_service!(Watch, "Watch", 4,
-    streams { WatchStream = WatchResponse; }
-    unary {}
-    streaming { watch: Streaming<WatchRequest> => Self::WatchStream; }
-);
 
 not_yet_service!(Lease, "Lease", 4,
     streams { LeaseKeepAliveStream = LeaseKeepAliveResponse; }

@@ -22,7 +22,10 @@ mod store;
 pub use error::MvccError;
 pub use key_index::{KeyAt, KeyIndex, RangeEnd, TreeIndex};
 pub use revision::Revision;
-pub use store::{RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteTxn};
+pub use store::{
+    Change, ChangeKind, Changes, RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteTxn,
+    NEVER_COMPACTED,
+};
 
 #[cfg(test)]
 mod tests;

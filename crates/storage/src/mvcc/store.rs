@@ -64,6 +64,11 @@ struct State {
     consistent_index: u64,
 }
 
+/// The compacted revision of a store never compacted (etcd's initial `compactMainRev`). Reads and
+/// transactions at a negative revision, and a compaction at revision 0, succeed until the first
+/// compaction, as in etcd.
+pub const NEVER_COMPACTED: i64 = -1;
+
 /// The multi-version key-value store.
 pub struct Store {
     db: Database,
@@ -102,13 +107,14 @@ impl Store {
                 }
             }
             write.open_table(KV)?;
-            let read = |name| -> Result<u64, MvccError> {
-                Ok(meta.get(name)?.map_or(0, |value| value.value()))
+            let read = |name, missing: u64| -> Result<u64, MvccError> {
+                Ok(meta.get(name)?.map_or(missing, |value| value.value()))
             };
             (
-                read(backend::META_CURRENT_REVISION)? as i64,
-                read(backend::META_COMPACT_REVISION)? as i64,
-                read(backend::META_CONSISTENT_INDEX)?,
+                read(backend::META_CURRENT_REVISION, 0)? as i64,
+                // Never compacted is -1, as in etcd: revision 0 can still be compacted once.
+                read(backend::META_COMPACT_REVISION, NEVER_COMPACTED as u64)? as i64,
+                read(backend::META_CONSISTENT_INDEX, 0)?,
             )
         };
         write.commit()?;
@@ -180,7 +186,7 @@ impl Store {
         self.read_state().current_revision
     }
 
-    /// The revision history was compacted at (0: never).
+    /// The revision history was compacted at ([`NEVER_COMPACTED`]: never).
     pub fn compact_revision(&self) -> i64 {
         self.read_state().compact_revision
     }
@@ -540,5 +546,81 @@ impl ReadView for Store {
 
     fn compact_revision(&self) -> i64 {
         Store::compact_revision(self)
+    }
+}
+
+/// What a change did to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Put,
+    Delete,
+}
+
+/// One change in history, as watchers see it. A delete's `kv` holds only the key and its
+/// `mod_revision` (the delete's revision), as etcd's delete events do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub kv: KeyValue,
+}
+
+/// A run of history read by [`Store::changes`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub changes: Vec<Change>,
+    /// Every change up to and including this revision has been read.
+    pub through_revision: i64,
+}
+
+impl Store {
+    /// Reads the changes made at revisions `from..=current`, in revision order, stopping after
+    /// the first revision that brings the count to `changes_max` (a revision is never split, so
+    /// a transaction's changes are delivered together). Fails with [`MvccError::Compacted`] when
+    /// `from` is before the compacted revision.
+    pub fn changes(&self, from: i64, changes_max: usize) -> Result<Changes, MvccError> {
+        let state = self.read_state();
+        let read = self.db.begin_read()?;
+        let current = state.current_revision;
+        if from < state.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        drop(state);
+        let mut result = Changes {
+            changes: Vec::new(),
+            through_revision: current,
+        };
+        if from > current {
+            return Ok(result);
+        }
+        let table = read.open_table(KV)?;
+        for record in table.range((from, 0)..=(current, i64::MAX))? {
+            let (key, value) = record?;
+            let (main, sub) = key.value();
+            if result.changes.len() >= changes_max
+                && result
+                    .changes
+                    .last()
+                    .is_some_and(|last| last.kv.mod_revision != main)
+            {
+                result.through_revision = main - 1;
+                break;
+            }
+            let change = match backend::decode((main, sub), value.value())? {
+                Record::Put(kv) => Change {
+                    kind: ChangeKind::Put,
+                    kv,
+                },
+                Record::Tombstone(key) => Change {
+                    kind: ChangeKind::Delete,
+                    kv: KeyValue {
+                        key,
+                        mod_revision: main,
+                        ..KeyValue::default()
+                    },
+                },
+            };
+            result.changes.push(change);
+        }
+        Ok(result)
     }
 }

@@ -190,3 +190,49 @@ fn limit_and_count_only_count_every_key() {
         .unwrap();
     assert_eq!((counted.kvs.len(), counted.count), (0, 2));
 }
+
+#[test]
+fn changes_come_in_revision_order_and_never_split_a_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    put(&store, 1, "a", "1"); // 2
+    let mut txn = store.write(2).unwrap();
+    txn.put(b"b", b"1".to_vec(), 0).unwrap();
+    txn.put(b"c", b"1".to_vec(), 0).unwrap();
+    txn.commit(false).unwrap(); // 3
+    delete(&store, 3, "a", RangeEnd::Single); // 4
+
+    let all = store.changes(2, 100).unwrap();
+    let seen: Vec<_> = all
+        .changes
+        .iter()
+        .map(|change| (change.kind, change.kv.key.clone(), change.kv.mod_revision))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (ChangeKind::Put, b"a".to_vec(), 2),
+            (ChangeKind::Put, b"b".to_vec(), 3),
+            (ChangeKind::Put, b"c".to_vec(), 3),
+            (ChangeKind::Delete, b"a".to_vec(), 4),
+        ]
+    );
+    assert_eq!(all.through_revision, 4);
+    // A limit of 2 still returns all of revision 3.
+    let first = store.changes(2, 2).unwrap();
+    assert_eq!((first.changes.len(), first.through_revision), (3, 3));
+    assert_eq!(
+        store.changes(5, 10).unwrap(),
+        Changes {
+            changes: vec![],
+            through_revision: 4
+        }
+    );
+    store.compact(3, 4).unwrap();
+    assert!(matches!(store.changes(2, 10), Err(MvccError::Compacted)));
+    assert_eq!(
+        store.changes(3, 10).unwrap().changes.len(),
+        3,
+        "b and c at 3 are kept, then the delete"
+    );
+}
