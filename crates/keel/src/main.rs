@@ -96,6 +96,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         snapshot_count: flags.snapshot_count,
         max_request_bytes: flags.max_request_bytes,
         quota_backend_bytes: flags.quota_backend_bytes,
+        election_timeout_ms: flags.election_timeout,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "starting keel");
     let node = Arc::new(tokio::task::spawn_blocking(move || Node::start(&node_config)).await??);
@@ -110,6 +111,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         },
     };
 
+    let lease_expiry = tokio::spawn(Arc::clone(&node).expire_leases());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for address in client_addresses {
@@ -142,6 +144,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     };
     let _ = stop_sender.send(true);
     while servers.join_next().await.is_some() {}
+    lease_expiry.abort();
     node.stop().await;
     tracing::info!("keel stopped");
     reason

@@ -9,15 +9,17 @@ use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion}
 use keel_api::etcdserverpb::request_op::Request as Op;
 use keel_api::etcdserverpb::response_op::Response as OpResponse;
 use keel_api::etcdserverpb::{
-    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
     RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use keel_api::mvccpb::KeyValue;
 use keel_api::EtcdError;
 use keel_storage::mvcc::{
-    MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteTxn,
+    MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn, ReadView, Store, StoredLease, WriteTxn,
 };
 
+use crate::lease::{Lessor, LEASE_TTL_SECS_MAX};
 use crate::range::range;
 use crate::request::Request;
 use crate::ServerError;
@@ -29,29 +31,39 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
-}
-
-/// Answers whether a lease exists. Until leases exist (issue 4), none does.
-pub fn lease_exists(_lease: i64) -> bool {
-    false
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// Applies log entry `index` holding `request`.
-pub fn apply(store: &Store, index: u64, request: &Request) -> Result<Response, ServerError> {
+pub fn apply(
+    store: &Store,
+    lessor: &Lessor,
+    index: u64,
+    request: &Request,
+) -> Result<Response, ServerError> {
+    let write = || -> Result<Applying<'_>, ServerError> {
+        Ok(Applying {
+            txn: store.write(index)?,
+            lessor,
+        })
+    };
     let result = match request {
-        Request::Put(put) => apply_put(store, index, put),
+        Request::Put(put) => apply_put(store, lessor, index, put),
         Request::DeleteRange(delete) => {
-            let mut txn = store.write(index)?;
+            let mut txn = write()?;
             let response = delete_range(&mut txn, delete)?;
-            txn.commit(false)?;
+            txn.txn.commit(false)?;
             Ok(Response::DeleteRange(response))
         }
         Request::Txn(request) => {
-            let mut txn = store.write(index)?;
-            let response = apply_txn(&mut txn, request)?;
-            txn.commit(false)?;
+            let mut txn = write()?;
+            let response = run_txn(&mut txn, request)?;
+            txn.txn.commit(false)?;
             Ok(Response::Txn(response))
         }
+        Request::LeaseGrant(grant) => apply_lease_grant(store, lessor, index, grant),
+        Request::LeaseRevoke(revoke) => apply_lease_revoke(store, lessor, index, revoke),
         Request::Compaction(compaction) => match store.compact(compaction.revision, index) {
             Ok(()) => Ok(Response::Compaction(CompactionResponse {
                 header: Some(header(store.revision())),
@@ -73,29 +85,124 @@ fn header(revision: i64) -> ResponseHeader {
     }
 }
 
-fn apply_put(store: &Store, index: u64, request: &PutRequest) -> Result<Response, ServerError> {
-    if request.lease != 0 && !lease_exists(request.lease) {
+fn apply_put(
+    store: &Store,
+    lessor: &Lessor,
+    index: u64,
+    request: &PutRequest,
+) -> Result<Response, ServerError> {
+    if request.lease != 0 && !lessor.exists(request.lease) {
+        return Err(EtcdError::LeaseNotFound.into());
+    }
+    let mut txn = Applying {
+        txn: store.write(index)?,
+        lessor,
+    };
+    let response = put(&mut txn, request)?;
+    txn.txn.commit(false)?;
+    Ok(Response::Put(response))
+}
+
+fn apply_lease_grant(
+    store: &Store,
+    lessor: &Lessor,
+    index: u64,
+    request: &LeaseGrantRequest,
+) -> Result<Response, ServerError> {
+    if request.ttl > LEASE_TTL_SECS_MAX {
+        return Err(EtcdError::LeaseTtlTooLarge.into());
+    }
+    if lessor.exists(request.id) {
+        return Err(EtcdError::LeaseExists.into());
+    }
+    let ttl_secs = lessor.effective_ttl_secs(request.ttl);
+    let mut txn = store.write(index)?;
+    txn.grant_lease(StoredLease {
+        id: request.id,
+        ttl_secs,
+    })?;
+    let revision = txn.commit(false)?;
+    lessor.granted(request.id, ttl_secs);
+    Ok(Response::LeaseGrant(LeaseGrantResponse {
+        header: Some(header(revision)),
+        id: request.id,
+        ttl: ttl_secs,
+        error: String::new(),
+    }))
+}
+
+/// Revokes a lease: every key that still holds it is deleted, all in one revision.
+fn apply_lease_revoke(
+    store: &Store,
+    lessor: &Lessor,
+    index: u64,
+    request: &LeaseRevokeRequest,
+) -> Result<Response, ServerError> {
+    if !lessor.exists(request.id) {
         return Err(EtcdError::LeaseNotFound.into());
     }
     let mut txn = store.write(index)?;
-    let response = put(&mut txn, request)?;
-    txn.commit(false)?;
-    Ok(Response::Put(response))
+    for key in lessor.keys(request.id) {
+        let found = txn.range(&key, RangeEnd::Single, &RangeOptions::default())?;
+        if found.kvs.first().is_some_and(|kv| kv.lease == request.id) {
+            txn.delete_range(&key, RangeEnd::Single)?;
+        }
+    }
+    txn.revoke_lease(request.id)?;
+    let revision = txn.commit(false)?;
+    lessor.revoked(request.id);
+    Ok(Response::LeaseRevoke(LeaseRevokeResponse {
+        header: Some(header(revision)),
+    }))
 }
 
 /// What a transaction does to the store beyond reading it.
 trait Write: ReadView {
     fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, MvccError>;
     fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> Result<(i64, i64), MvccError>;
+    fn lease_exists(&self, lease: i64) -> bool;
 }
 
-impl Write for WriteTxn<'_> {
+/// A write transaction applying a log entry, with the leases its puts attach keys to.
+struct Applying<'a> {
+    txn: WriteTxn<'a>,
+    lessor: &'a Lessor,
+}
+
+impl ReadView for Applying<'_> {
+    fn range(
+        &self,
+        key: &[u8],
+        end: RangeEnd<'_>,
+        options: &RangeOptions,
+    ) -> Result<RangeResult, MvccError> {
+        self.txn.range(key, end, options)
+    }
+
+    fn revision(&self) -> i64 {
+        self.txn.revision()
+    }
+
+    fn compact_revision(&self) -> i64 {
+        self.txn.compact_revision()
+    }
+}
+
+impl Write for Applying<'_> {
     fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, MvccError> {
-        WriteTxn::put(self, key, value, lease)
+        let revision = self.txn.put(key, value, lease)?;
+        if lease != 0 {
+            self.lessor.attach(lease, key);
+        }
+        Ok(revision)
     }
 
     fn delete_range(&mut self, key: &[u8], end: RangeEnd<'_>) -> Result<(i64, i64), MvccError> {
-        WriteTxn::delete_range(self, key, end)
+        self.txn.delete_range(key, end)
+    }
+
+    fn lease_exists(&self, lease: i64) -> bool {
+        self.lessor.exists(lease)
     }
 }
 
@@ -128,6 +235,10 @@ impl Write for ReadOnly<'_> {
 
     fn delete_range(&mut self, _: &[u8], _: RangeEnd<'_>) -> Result<(i64, i64), MvccError> {
         unreachable!("a read-only transaction has no delete")
+    }
+
+    fn lease_exists(&self, _: i64) -> bool {
+        unreachable!("a read-only transaction has no put to check a lease for")
     }
 }
 
@@ -199,16 +310,15 @@ pub fn read_only_txn(store: &Store, request: &TxnRequest) -> Result<TxnResponse,
     run_txn(&mut view, request)
 }
 
-fn apply_txn(txn: &mut WriteTxn<'_>, request: &TxnRequest) -> Result<TxnResponse, ServerError> {
-    run_txn(txn, request)
-}
-
 /// etcd's order: evaluate every compare on the path (nested ones too) against the state before
 /// the transaction, check every request on the path, then execute.
 fn run_txn(txn: &mut impl Write, request: &TxnRequest) -> Result<TxnResponse, ServerError> {
     let mut path = Vec::new();
     compare_to_path(txn, request, &mut path);
-    check_path(txn, request, &path, &mut 0)?;
+    // etcd checks every put on the path first, then every range, so when both would fail the
+    // put's error is the one reported.
+    check_path(txn, request, &path, &mut 0, Check::Puts)?;
+    check_path(txn, request, &path, &mut 0, Check::Ranges)?;
     let mut response = execute(txn, request, &path, &mut 0)?;
     let header = response.header.get_or_insert_with(ResponseHeader::default);
     header.revision = txn.revision();
@@ -245,18 +355,23 @@ fn compare_holds(view: &impl ReadView, compare: &Compare) -> bool {
     ) else {
         return false;
     };
-    let target = CompareTarget::try_from(compare.target).unwrap_or(CompareTarget::Version);
+    // An unknown target compares as equal, as in etcd's `compareKV`.
+    let target = CompareTarget::try_from(compare.target).ok();
     if result.kvs.is_empty() {
         // A missing key has no value to compare (gRPC can't tell nil from empty), so value
         // compares on it fail; the other targets compare against zero.
-        return target != CompareTarget::Value && compare_kv(compare, target, &KeyValue::default());
+        return target != Some(CompareTarget::Value)
+            && compare_kv(compare, target, &KeyValue::default());
     }
     result.kvs.iter().all(|kv| compare_kv(compare, target, kv))
 }
 
-fn compare_kv(compare: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
+fn compare_kv(compare: &Compare, target: Option<CompareTarget>, kv: &KeyValue) -> bool {
     let number = |wanted: Option<i64>, actual: i64| actual.cmp(&wanted.unwrap_or(0));
     let union = compare.target_union.as_ref();
+    let Some(target) = target else {
+        return compare_result(compare, std::cmp::Ordering::Equal);
+    };
     let ordering = match target {
         CompareTarget::Value => {
             let wanted: &[u8] = match union {
@@ -294,6 +409,10 @@ fn compare_kv(compare: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
             kv.lease,
         ),
     };
+    compare_result(compare, ordering)
+}
+
+fn compare_result(compare: &Compare, ordering: std::cmp::Ordering) -> bool {
     match CompareResult::try_from(compare.result) {
         Ok(CompareResult::Equal) => ordering.is_eq(),
         Ok(CompareResult::NotEqual) => ordering.is_ne(),
@@ -303,31 +422,39 @@ fn compare_kv(compare: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
     }
 }
 
+/// Which of etcd's two passes over a transaction's path (`checkPut`, then `checkRange`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Puts,
+    Ranges,
+}
+
 /// etcd's checks before a transaction changes anything: a put that needs the previous key finds
-/// it, a put's lease exists, and a range's revision is readable.
+/// it, a put's lease exists (pass `Puts`), and a range's revision is readable (pass `Ranges`).
 fn check_path(
-    view: &impl ReadView,
+    view: &impl Write,
     request: &TxnRequest,
     path: &[bool],
     position: &mut usize,
+    check: Check,
 ) -> Result<(), ServerError> {
     let succeeded = path[*position];
     *position += 1;
     for op in branch(request, succeeded) {
         match &op.request {
-            Some(Op::RequestTxn(nested)) => check_path(view, nested, path, position)?,
-            Some(Op::RequestPut(put)) => {
+            Some(Op::RequestTxn(nested)) => check_path(view, nested, path, position, check)?,
+            Some(Op::RequestPut(put)) if check == Check::Puts => {
                 if put.ignore_value || put.ignore_lease {
                     let found = view.range(&put.key, RangeEnd::Single, &RangeOptions::default())?;
                     if found.kvs.is_empty() {
                         return Err(EtcdError::KeyNotFound.into());
                     }
                 }
-                if put.lease != 0 && !lease_exists(put.lease) {
+                if put.lease != 0 && !view.lease_exists(put.lease) {
                     return Err(EtcdError::LeaseNotFound.into());
                 }
             }
-            Some(Op::RequestRange(range)) => {
+            Some(Op::RequestRange(range)) if check == Check::Ranges => {
                 if range.revision > view.revision() {
                     return Err(EtcdError::FutureRevision.into());
                 }
@@ -335,7 +462,7 @@ fn check_path(
                     return Err(EtcdError::Compacted.into());
                 }
             }
-            Some(Op::RequestDeleteRange(_)) | None => {}
+            Some(_) | None => {}
         }
     }
     Ok(())

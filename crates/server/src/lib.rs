@@ -10,6 +10,7 @@ pub mod apply;
 pub mod data_dir;
 mod error;
 pub mod grpc;
+pub mod lease;
 pub mod node;
 pub mod quota;
 pub mod range;

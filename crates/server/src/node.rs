@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::apply::{apply, Response};
 use crate::data_dir::{stable_id, DataDir, DataDirError, Identity};
+use crate::lease::{ttl_secs_min, Lessor};
 use crate::quota::Quota;
 use crate::request::Request;
 use crate::ServerError;
@@ -52,6 +53,8 @@ pub struct NodeConfig {
     pub snapshot_count: u64,
     /// Largest request accepted, encoded (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// Election timeout; leases are at least 1.5 of it long, as in etcd.
+    pub election_timeout_ms: u64,
     /// Backend space quota (etcd's `--quota-backend-bytes`: 0 default, negative none).
     pub quota_backend_bytes: i64,
 }
@@ -98,6 +101,9 @@ pub struct Node {
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
     quota: Quota,
+    lessor: Arc<Lessor>,
+    /// The next lease id to hand out when a grant names none.
+    lease_ids: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -140,6 +146,10 @@ impl Node {
             (wal, Some(replay))
         };
         let store = Arc::new(Store::open(&data_dir.db_path())?);
+        let lessor = Arc::new(Lessor::new(
+            ttl_secs_min(config.election_timeout_ms),
+            store.leases()?,
+        ));
 
         let applied = store.consistent_index();
         let last = wal.last_index();
@@ -162,7 +172,7 @@ impl Node {
                         index: entry.index,
                         reason: error.to_string(),
                     })?;
-                match apply(&store, entry.index, &request) {
+                match apply(&store, &lessor, entry.index, &request) {
                     Ok(_) | Err(ServerError::Etcd(_)) => {}
                     Err(error) => {
                         return Err(StartError::Replay {
@@ -196,6 +206,7 @@ impl Node {
         let writer = Writer {
             wal,
             store: Arc::clone(&store),
+            lessor: Arc::clone(&lessor),
             term,
             next_index: last + 1,
             durable_every_entries: config.snapshot_count.clamp(1, 10_000),
@@ -218,6 +229,15 @@ impl Node {
             "member started"
         );
         let quota = Quota::new(config.quota_backend_bytes, data_dir.db_path());
+        // This member decides lease expiry from now on: every lease gets a full TTL.
+        lessor.refresh_all();
+        // Lease ids: the member's id in the top bits, the start time below, then a counter, as
+        // etcd's id generator does, so ids from different members and starts don't collide.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let first_lease_id =
+            ((data_dir.identity.member_id & 0xffff) << 47) | ((now_ms & ((1 << 39) - 1)) << 8);
         Ok(Node {
             store,
             identity: data_dir.identity,
@@ -230,6 +250,8 @@ impl Node {
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
             quota,
+            lessor,
+            lease_ids: std::sync::atomic::AtomicU64::new(first_lease_id),
         })
     }
 
@@ -251,6 +273,51 @@ impl Node {
 
     pub fn client_urls(&self) -> &[String] {
         &self.client_urls
+    }
+
+    pub fn lessor(&self) -> &Lessor {
+        &self.lessor
+    }
+
+    /// A fresh positive lease id.
+    pub fn next_lease_id(&self) -> i64 {
+        loop {
+            let id = (self
+                .lease_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                & (i64::MAX as u64)) as i64;
+            if id != 0 && !self.lessor.exists(id) {
+                return id;
+            }
+        }
+    }
+
+    /// Revokes expired leases through the log, until the member stops. etcd revokes at most
+    /// 1,000 leases a second; so does this.
+    pub async fn expire_leases(self: Arc<Node>) {
+        const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+        const REVOKES_PER_CHECK_MAX: usize = 500;
+        let mut ticker = tokio::time::interval(CHECK_INTERVAL);
+        loop {
+            ticker.tick().await;
+            let expired = self.lessor.expired(REVOKES_PER_CHECK_MAX);
+            if expired.is_empty() {
+                continue;
+            }
+            tracing::debug!(count = expired.len(), "revoking expired leases");
+            let revokes = expired.into_iter().map(|id| {
+                self.propose(Request::LeaseRevoke(
+                    keel_api::etcdserverpb::LeaseRevokeRequest { id },
+                ))
+            });
+            for result in futures::future::join_all(revokes).await {
+                match result {
+                    Ok(_) | Err(ServerError::Etcd(EtcdError::LeaseNotFound)) => {}
+                    Err(ServerError::Stopped) => return,
+                    Err(error) => tracing::warn!(%error, "could not revoke an expired lease"),
+                }
+            }
+        }
     }
 
     pub fn quota(&self) -> &Quota {
@@ -327,6 +394,7 @@ impl Node {
 struct Writer {
     wal: Wal,
     store: Arc<Store>,
+    lessor: Arc<Lessor>,
     term: u64,
     next_index: u64,
     durable_every_entries: u64,
@@ -404,7 +472,7 @@ impl Writer {
         }
         self.next_index += entries.len() as u64;
         for (entry, (request, responder)) in entries.iter().zip(batch) {
-            let result = apply(&self.store, entry.index, &request);
+            let result = apply(&self.store, &self.lessor, entry.index, &request);
             if let Err(ServerError::Fatal(reason)) = &result {
                 let reason = reason.clone();
                 let _ = responder.send(Err(ServerError::Stopped));

@@ -48,7 +48,9 @@ impl Quota {
         let cost = match request {
             Request::Put(put) => put.key.len() + put.value.len(),
             Request::Txn(txn) => txn_cost(txn),
-            Request::DeleteRange(_) | Request::Compaction(_) => 0,
+            // etcd charges a grant for the lease record it will store.
+            Request::LeaseGrant(_) => 16,
+            Request::DeleteRange(_) | Request::Compaction(_) | Request::LeaseRevoke(_) => 0,
         } as u64;
         if cost == 0 {
             return Ok(());

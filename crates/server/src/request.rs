@@ -4,7 +4,10 @@
 //! id lets the member that proposed an entry find the caller waiting for it once the entry is
 //! applied, wherever it lands in the log.
 
-use keel_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest, TxnRequest};
+use keel_api::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
+    TxnRequest,
+};
 use prost::Message;
 
 /// A request that changes the state machine, so goes through the log.
@@ -14,12 +17,16 @@ pub enum Request {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compaction(CompactionRequest),
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 const KIND_PUT: u8 = 1;
 const KIND_DELETE_RANGE: u8 = 2;
 const KIND_TXN: u8 = 3;
 const KIND_COMPACTION: u8 = 4;
+const KIND_LEASE_GRANT: u8 = 5;
+const KIND_LEASE_REVOKE: u8 = 6;
 const HEADER_BYTES: usize = 9;
 
 /// An entry that doesn't decode: the log is corrupt or was written by a newer Keel.
@@ -35,6 +42,8 @@ impl Request {
             Request::DeleteRange(request) => request.encoded_len(),
             Request::Txn(request) => request.encoded_len(),
             Request::Compaction(request) => request.encoded_len(),
+            Request::LeaseGrant(request) => request.encoded_len(),
+            Request::LeaseRevoke(request) => request.encoded_len(),
         }
     }
 
@@ -45,6 +54,8 @@ impl Request {
             Request::DeleteRange(_) => KIND_DELETE_RANGE,
             Request::Txn(_) => KIND_TXN,
             Request::Compaction(_) => KIND_COMPACTION,
+            Request::LeaseGrant(_) => KIND_LEASE_GRANT,
+            Request::LeaseRevoke(_) => KIND_LEASE_REVOKE,
         };
         bytes.push(kind);
         bytes.extend_from_slice(&id.to_le_bytes());
@@ -53,6 +64,8 @@ impl Request {
             Request::DeleteRange(request) => request.encode(&mut bytes),
             Request::Txn(request) => request.encode(&mut bytes),
             Request::Compaction(request) => request.encode(&mut bytes),
+            Request::LeaseGrant(request) => request.encode(&mut bytes),
+            Request::LeaseRevoke(request) => request.encode(&mut bytes),
         };
         encoded.expect("a Vec grows as needed");
         bytes
@@ -76,6 +89,12 @@ impl Request {
             }
             KIND_TXN => Request::Txn(TxnRequest::decode(body).map_err(error)?),
             KIND_COMPACTION => Request::Compaction(CompactionRequest::decode(body).map_err(error)?),
+            KIND_LEASE_GRANT => {
+                Request::LeaseGrant(LeaseGrantRequest::decode(body).map_err(error)?)
+            }
+            KIND_LEASE_REVOKE => {
+                Request::LeaseRevoke(LeaseRevokeRequest::decode(body).map_err(error)?)
+            }
             other => return Err(DecodeError(format!("unknown kind {other}"))),
         };
         Ok((id, request))

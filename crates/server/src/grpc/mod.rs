@@ -3,6 +3,7 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 mod unimplemented;
 mod watch;
@@ -23,6 +24,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
+pub use lease::LeaseService;
 pub use maintenance::{MaintenanceService, ETCD_COMPATIBLE_VERSION};
 pub use unimplemented::{not_yet, NotYet};
 pub use watch::WatchService;
@@ -74,7 +76,9 @@ pub async fn serve(
             Arc::clone(&node),
             config.watch.clone()
         ))))
-        .add_service(limits!(LeaseServer::new(NotYet)))
+        .add_service(limits!(LeaseServer::new(LeaseService::new(Arc::clone(
+            &node
+        )))))
         .add_service(limits!(AuthServer::new(NotYet)))
         .add_service(limits!(ElectionServer::new(NotYet)))
         .add_service(limits!(LockServer::new(NotYet)))

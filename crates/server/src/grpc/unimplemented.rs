@@ -6,7 +6,6 @@ use std::pin::Pin;
 
 use futures::Stream;
 use keel_api::etcdserverpb::auth_server::Auth;
-use keel_api::etcdserverpb::lease_server::Lease;
 use keel_api::etcdserverpb::*;
 use keel_api::v3electionpb::election_server::Election;
 use keel_api::v3electionpb::{
@@ -15,7 +14,7 @@ use keel_api::v3electionpb::{
 };
 use keel_api::v3lockpb::lock_server::Lock;
 use keel_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -47,17 +46,6 @@ macro_rules! not_yet_service {
         }
     };
 }
-
-not_yet_service!(Lease, "Lease", 4,
-    streams { LeaseKeepAliveStream = LeaseKeepAliveResponse; }
-    unary {
-        lease_grant: LeaseGrantRequest => LeaseGrantResponse;
-        lease_revoke: LeaseRevokeRequest => LeaseRevokeResponse;
-        lease_time_to_live: LeaseTimeToLiveRequest => LeaseTimeToLiveResponse;
-        lease_leases: LeaseLeasesRequest => LeaseLeasesResponse;
-    }
-    streaming { lease_keep_alive: Streaming<LeaseKeepAliveRequest> => Self::LeaseKeepAliveStream; }
-);
 
 not_yet_service!(Auth, "Auth", 5,
     streams {}

@@ -3,6 +3,7 @@
 //! `kv`: `(main, sub)` revision → one byte kind (`KIND_PUT` or `KIND_TOMBSTONE`) followed by the
 //! protobuf encoding of `mvccpb.KeyValue` (for a tombstone, only the key is set).
 //! `meta`: name → u64 (signed values stored as their two's-complement bits).
+//! `leases`: lease id → granted TTL in seconds.
 
 use keel_api::mvccpb::KeyValue;
 use prost::Message;
@@ -12,6 +13,9 @@ use super::MvccError;
 
 pub const KV: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("kv");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Granted leases: id → TTL in seconds (as granted, after the minimum is applied). Which keys a
+/// lease holds is not stored: each key's record names its lease.
+pub const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
 /// Format of the tables above; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u64 = 1;

@@ -16,7 +16,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use keel_api::mvccpb::KeyValue;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::backend::{self, Record, KV, META};
+use super::backend::{self, Record, KV, LEASES, META};
 use super::key_index::{KeyAt, RangeEnd, TreeIndex};
 use super::{MvccError, Revision};
 
@@ -107,6 +107,7 @@ impl Store {
                 }
             }
             write.open_table(KV)?;
+            write.open_table(LEASES)?;
             let read = |name, missing: u64| -> Result<u64, MvccError> {
                 Ok(meta.get(name)?.map_or(missing, |value| value.value()))
             };
@@ -242,6 +243,7 @@ impl Store {
             txn,
             begin_revision,
             changes: 0,
+            lease_changes: false,
             consistent_index,
         })
     }
@@ -418,6 +420,8 @@ pub struct WriteTxn<'a> {
     begin_revision: i64,
     /// Changes so far; the next change's sub revision.
     changes: i64,
+    /// Leases granted or revoked: the transaction must commit even without key changes.
+    lease_changes: bool,
     consistent_index: u64,
 }
 
@@ -495,7 +499,7 @@ impl WriteTxn<'_> {
         if self.changes > 0 {
             self.state.current_revision = self.begin_revision + 1;
         }
-        if self.changes > 0 || durable {
+        if self.changes > 0 || self.lease_changes || durable {
             if durable {
                 self.txn.set_durability(Durability::Immediate)?;
             }
@@ -622,5 +626,85 @@ impl Store {
             result.changes.push(change);
         }
         Ok(result)
+    }
+}
+
+/// A lease as stored: its id and granted TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredLease {
+    pub id: i64,
+    pub ttl_secs: i64,
+}
+
+/// A stored lease with the live keys whose records name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseKeys {
+    pub lease: StoredLease,
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl Store {
+    /// Every granted lease, and the live keys attached to each (from the keys' records).
+    pub fn leases(&self) -> Result<Vec<LeaseKeys>, MvccError> {
+        let state = self.read_state();
+        let read = self.db.begin_read()?;
+        let mut leases: std::collections::BTreeMap<i64, LeaseKeys> =
+            std::collections::BTreeMap::new();
+        for record in read.open_table(LEASES)?.iter()? {
+            let (id, ttl) = record?;
+            let lease = StoredLease {
+                id: id.value(),
+                ttl_secs: ttl.value(),
+            };
+            leases.insert(
+                lease.id,
+                LeaseKeys {
+                    lease,
+                    keys: Vec::new(),
+                },
+            );
+        }
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut revisions = Vec::new();
+        // Every key is at least "\0" (keys are never empty).
+        state.index.range(
+            b"\0",
+            RangeEnd::Unbounded,
+            state.current_revision,
+            |_, found| {
+                revisions.push(found.modified);
+                true
+            },
+        );
+        drop(state);
+        let live = fetch(revisions, RangeResult::default(), || {
+            Ok(read.open_table(KV)?)
+        })?;
+        for kv in live.kvs {
+            if let Some(lease) = leases.get_mut(&kv.lease) {
+                lease.keys.push(kv.key);
+            }
+        }
+        Ok(leases.into_values().collect())
+    }
+}
+
+impl WriteTxn<'_> {
+    /// Records a granted lease (or a new TTL for it).
+    pub fn grant_lease(&mut self, lease: StoredLease) -> Result<(), MvccError> {
+        self.txn
+            .open_table(LEASES)?
+            .insert(lease.id, lease.ttl_secs)?;
+        self.lease_changes = true;
+        Ok(())
+    }
+
+    /// Forgets a lease (its keys are deleted separately, in the same transaction).
+    pub fn revoke_lease(&mut self, id: i64) -> Result<(), MvccError> {
+        self.txn.open_table(LEASES)?.remove(id)?;
+        self.lease_changes = true;
+        Ok(())
     }
 }

@@ -236,3 +236,48 @@ fn changes_come_in_revision_order_and_never_split_a_revision() {
         "b and c at 3 are kept, then the delete"
     );
 }
+
+#[test]
+fn leases_survive_reopening_with_the_keys_that_still_hold_them() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        let mut txn = store.write(1).unwrap();
+        txn.grant_lease(StoredLease {
+            id: 7,
+            ttl_secs: 10,
+        })
+        .unwrap();
+        txn.grant_lease(StoredLease {
+            id: 8,
+            ttl_secs: 20,
+        })
+        .unwrap();
+        assert_eq!(
+            txn.commit(false).unwrap(),
+            1,
+            "a grant changes no key, so no revision"
+        );
+        let mut txn = store.write(2).unwrap();
+        txn.put(b"a", b"1".to_vec(), 7).unwrap();
+        txn.put(b"b", b"1".to_vec(), 7).unwrap();
+        txn.put(b"c", b"1".to_vec(), 0).unwrap();
+        txn.commit(false).unwrap();
+        put(&store, 3, "b", "2"); // b no longer holds lease 7
+        let mut txn = store.write(4).unwrap();
+        txn.revoke_lease(8).unwrap();
+        txn.commit(false).unwrap();
+        store.sync().unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(
+        store.leases().unwrap(),
+        [LeaseKeys {
+            lease: StoredLease {
+                id: 7,
+                ttl_secs: 10
+            },
+            keys: vec![b"a".to_vec()]
+        }]
+    );
+}

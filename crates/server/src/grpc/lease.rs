@@ -1,0 +1,153 @@
+//! The Lease service. Grant and Revoke go through the log; KeepAlive, TimeToLive and Leases are
+//! answered by the member that keeps lease deadlines.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use keel_api::etcdserverpb::lease_server::Lease;
+use keel_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use keel_api::EtcdError;
+use keel_storage::mvcc::{RangeEnd, RangeOptions};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::apply::Response as Applied;
+use crate::lease::LEASE_TTL_SECS_MAX;
+use crate::request::Request as Proposal;
+use crate::Node;
+
+/// Keep-alive answers queued for a client before the stream waits for it to read.
+const KEEP_ALIVES_QUEUED_MAX: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    pub fn new(node: Arc<Node>) -> LeaseService {
+        LeaseService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut request = request.into_inner();
+        if request.ttl > LEASE_TTL_SECS_MAX {
+            return Err(EtcdError::LeaseTtlTooLarge.into());
+        }
+        if request.id == 0 {
+            request.id = self.node.next_lease_id();
+        }
+        let applied = self.node.propose(Proposal::LeaseGrant(request)).await?;
+        let Applied::LeaseGrant(mut response) = applied else {
+            unreachable!("a grant is answered with a grant response")
+        };
+        response.header = Some(self.node.header(0));
+        Ok(Response::new(response))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let request = request.into_inner();
+        // etcd answers an unknown lease before proposing anything.
+        if !self.node.lessor().exists(request.id) {
+            return Err(EtcdError::LeaseNotFound.into());
+        }
+        let applied = self.node.propose(Proposal::LeaseRevoke(request)).await?;
+        let Applied::LeaseRevoke(mut response) = applied else {
+            unreachable!("a revoke is answered with a revoke response")
+        };
+        let revision = response.header.map_or(0, |header| header.revision);
+        response.header = Some(self.node.header(revision));
+        Ok(Response::new(response))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut requests = request.into_inner();
+        let (sender, receiver) = mpsc::channel(KEEP_ALIVES_QUEUED_MAX);
+        let node = Arc::clone(&self.node);
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = requests.next().await {
+                // An unknown or expired lease is answered with TTL 0, as etcd does.
+                let ttl = node.lessor().renew(request.id).unwrap_or(0);
+                let response = LeaseKeepAliveResponse {
+                    header: Some(node.header(0)),
+                    id: request.id,
+                    ttl,
+                };
+                if sender.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let request = request.into_inner();
+        let store = self.node.store();
+        let holds = |key: &[u8]| {
+            store
+                .range(key, RangeEnd::Single, &RangeOptions::default())
+                .is_ok_and(|found| found.kvs.first().is_some_and(|kv| kv.lease == request.id))
+        };
+        let response = match self.node.lessor().status(request.id, holds) {
+            Some(status) => LeaseTimeToLiveResponse {
+                header: Some(self.node.header(0)),
+                id: request.id,
+                ttl: status.remaining_secs,
+                granted_ttl: status.granted_secs,
+                keys: if request.keys {
+                    status.keys
+                } else {
+                    Vec::new()
+                },
+            },
+            // etcd reports an unknown lease as TTL -1, not as an error.
+            None => LeaseTimeToLiveResponse {
+                header: Some(self.node.header(0)),
+                id: request.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn lease_leases(
+        &self,
+        _: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self
+            .node
+            .lessor()
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: Some(self.node.header(0)),
+            leases,
+        }))
+    }
+}
