@@ -14,7 +14,7 @@ mod client;
 mod error;
 mod options;
 
-pub use client::Client;
+pub use client::{Client, LeaseKeeper, WatchStream};
 pub use error::Error;
 pub use keel_api::etcdserverpb as proto;
 pub use options::{prefix_end, DeleteOptions, GetOptions, PutOptions};

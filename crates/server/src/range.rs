@@ -336,8 +336,8 @@ mod go_sort {
                 let middle = a + (length / 4) * 2;
                 for index in middle - 1..=middle + 1 {
                     random ^= random << 13;
-                    random ^= random >> 7;
-                    random ^= random << 17;
+                    random ^= random >> 17;
+                    random ^= random << 5;
                     let mut other = (random as usize) & (modulus - 1);
                     if other >= length {
                         other -= length;

@@ -56,7 +56,11 @@ impl Cluster for ClusterService {
             is_learner: false,
         };
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.header(0)),
+            // etcd's Cluster service leaves the revision out of its headers.
+            header: Some(ResponseHeader {
+                revision: 0,
+                ..self.node.header(0)
+            }),
             members: vec![member],
         }))
     }

@@ -1,0 +1,301 @@
+//! Test harness: real `keel` and real `etcd` processes on free ports with their own data
+//! directories, and `etcdctl` run against either with a bounded wait.
+//!
+//! Guards against: tests that share ports or directories when run in parallel, tests that hang
+//! forever on a server that never came up, and tests that pass vacuously because etcd or etcdctl
+//! is not installed (they fail instead, saying how to install them).
+
+#![allow(dead_code)] // Each test binary uses its own part of the harness.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ETCD: &str = "/usr/bin/etcd";
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Hard limit on one etcdctl run, beyond its own `--command-timeout`.
+const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Ports are handed out below 32768 (the range above is ephemeral here), from a base derived
+/// from the process id so that test binaries running at the same time start far apart.
+const PORT_BASE: u16 = 20_000;
+const PORT_SPAN: u16 = 8_000;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = PORT_BASE + (std::process::id() % 400) as u16 * 20;
+    for _ in 0..PORT_SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % PORT_SPAN;
+        let port = PORT_BASE + (base - PORT_BASE + offset) % PORT_SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_BASE}..{}", PORT_BASE + PORT_SPAN);
+}
+
+/// Fails the test (never skips it) when a third-party tool the test compares against is missing.
+pub fn require(tool: &str) {
+    assert!(
+        Path::new(tool).exists(),
+        "{tool} is missing: run `apt-get install -y etcd-server etcd-client` (etcd 3.4) to run \
+         the compatibility tests"
+    );
+}
+
+/// A running server process; killed on drop.
+struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+    what: &'static str,
+}
+
+impl Process {
+    fn spawn(what: &'static str, mut command: Command, log: PathBuf) -> Process {
+        let file = File::create(&log).expect("create the server log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone the log handle"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {what}: {error}"));
+        Process {
+            child: Some(child),
+            log,
+            what,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `port` accepts connections; panics with the server's log otherwise.
+    fn wait_ready(&mut self, port: u16) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            let child = self.child.as_mut().expect("a running process");
+            if let Some(status) = child.try_wait().expect("poll the server") {
+                panic!(
+                    "{} exited with {status} before serving:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not accept connections on port {port} within {START_TIMEOUT:?}:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `keel` member on its own data directory and ports.
+pub struct Keel {
+    process: Process,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    extra: Vec<String>,
+}
+
+impl Keel {
+    pub fn start() -> Keel {
+        Keel::start_with(&[])
+    }
+
+    /// Starts with extra flags (e.g. `--max-txn-ops 4`).
+    pub fn start_with(extra: &[&str]) -> Keel {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let extra: Vec<String> = extra.iter().map(|flag| (*flag).to_owned()).collect();
+        let process = Keel::spawn(dir.path(), client_port, peer_port, &extra);
+        let mut keel = Keel {
+            process,
+            dir,
+            client_port,
+            peer_port,
+            extra,
+        };
+        keel.process.wait_ready(client_port);
+        keel
+    }
+
+    fn spawn(dir: &Path, client_port: u16, peer_port: u16, extra: &[String]) -> Process {
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
+            .args(["--name", "default"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(extra);
+        Process::spawn("keel", command, dir.join("keel.log"))
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill_9(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts again on the same data directory, ports and flags (after [`Keel::kill_9`]).
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = Keel::spawn(
+            self.dir.path(),
+            self.client_port,
+            self.peer_port,
+            &self.extra,
+        );
+        self.process.wait_ready(self.client_port);
+    }
+}
+
+/// An etcd member (the reference implementation) on its own data directory and ports.
+pub struct Etcd {
+    process: Process,
+    _dir: tempfile::TempDir,
+    client_port: u16,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Etcd {
+        require(ETCD);
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new(ETCD);
+        command
+            .args(["--name", "default"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(extra);
+        let mut process = Process::spawn("etcd", command, dir.path().join("etcd.log"));
+        process.wait_ready(client_port);
+        Etcd {
+            process,
+            _dir: dir,
+            client_port,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// What one etcdctl run printed, and how it ended (`None`: killed by a signal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `etcdctl` against `endpoint` with an empty stdin.
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
+    etcdctl_with_stdin(endpoint, args, b"")
+}
+
+/// Runs `etcdctl` against `endpoint` feeding it `stdin` (the `txn` format, or a value for `put`).
+pub fn etcdctl_with_stdin(endpoint: &str, args: &[&str], stdin: &[u8]) -> Output {
+    require(ETCDCTL);
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let paths = ["stdin", "stdout", "stderr"].map(|name| dir.path().join(name));
+    File::create(&paths[0])
+        .and_then(|mut file| file.write_all(stdin))
+        .expect("write etcdctl's stdin");
+    // Files rather than pipes: no reader threads, and no deadlock on a large output.
+    let mut child = Command::new(ETCDCTL)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--dial-timeout=3s", "--command-timeout=10s"])
+        .args(args)
+        .stdin(File::open(&paths[0]).expect("open etcdctl's stdin"))
+        .stdout(File::create(&paths[1]).expect("create etcdctl's stdout"))
+        .stderr(File::create(&paths[2]).expect("create etcdctl's stderr"))
+        .spawn()
+        .expect("start etcdctl");
+    let deadline = Instant::now() + ETCDCTL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll etcdctl") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("etcdctl {args:?} against {endpoint} did not finish in {ETCDCTL_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let read = |path: &Path| {
+        String::from_utf8_lossy(&std::fs::read(path).expect("read etcdctl's output")).into_owned()
+    };
+    Output {
+        status: status.code(),
+        stdout: read(&paths[1]),
+        stderr: read(&paths[2]),
+    }
+}
