@@ -104,6 +104,19 @@ impl Process {
         }
     }
 
+    /// Resident memory of the running process, from /proc, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("a running process").id();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
     /// SIGKILL, then reap.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -178,6 +191,11 @@ impl Keel {
 
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// Resident memory of the server, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.process.rss_kib()
     }
 
     /// `kill -9`: no chance to flush or clean up.
