@@ -29,6 +29,7 @@ use crate::data_dir::{stable_id, DataDir, DataDirError, Identity};
 use crate::lease::{ttl_secs_min, Lessor};
 use crate::quota::Quota;
 use crate::request::Request;
+use crate::watch::Published;
 use crate::ServerError;
 
 /// Proposals waiting for the writer; a full queue makes proposers wait (backpressure).
@@ -40,6 +41,9 @@ const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Log entries kept before the durable store state, for members that fall behind (etcd keeps
 /// 5,000 for the same reason).
 const CATCH_UP_ENTRIES: u64 = 5_000;
+/// Changes of one batch handed to watch streams in memory; a larger batch they read from the
+/// store.
+const RECENT_CHANGES_MAX: usize = 16_384;
 
 /// How a member is set up.
 #[derive(Debug, Clone)]
@@ -96,7 +100,7 @@ pub struct Node {
     commands: mpsc::Sender<Command>,
     failure: watch::Receiver<Option<String>>,
     /// The store's revision after each applied batch, for watch streams.
-    revisions: watch::Receiver<i64>,
+    revisions: watch::Receiver<Published>,
     writer: Mutex<Option<JoinHandle<()>>>,
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
@@ -202,7 +206,10 @@ impl Node {
 
         let (commands, receiver) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let (failure_sender, failure) = watch::channel(None);
-        let (revision_sender, revisions) = watch::channel(store.revision());
+        let (revision_sender, revisions) = watch::channel(Published {
+            revision: store.revision(),
+            recent: None,
+        });
         let writer = Writer {
             wal,
             store: Arc::clone(&store),
@@ -339,7 +346,7 @@ impl Node {
     }
 
     /// Follows the store's revision: changes after every applied batch that moved it.
-    pub fn subscribe_revisions(&self) -> watch::Receiver<i64> {
+    pub fn subscribe_revisions(&self) -> watch::Receiver<Published> {
         self.revisions.clone()
     }
 
@@ -399,7 +406,7 @@ struct Writer {
     next_index: u64,
     durable_every_entries: u64,
     applied_since_durable: u64,
-    revisions: watch::Sender<i64>,
+    revisions: watch::Sender<Published>,
 }
 
 type Batch = Vec<(Request, oneshot::Sender<Result<Response, ServerError>>)>;
@@ -471,6 +478,7 @@ impl Writer {
             return Err(format!("write-ahead log: {error}"));
         }
         self.next_index += entries.len() as u64;
+        let revision_before = self.store.revision();
         for (entry, (request, responder)) in entries.iter().zip(batch) {
             let result = apply(&self.store, &self.lessor, entry.index, &request);
             if let Err(ServerError::Fatal(reason)) = &result {
@@ -481,8 +489,15 @@ impl Writer {
             let _ = responder.send(result);
         }
         let revision = self.store.revision();
-        self.revisions
-            .send_if_modified(|published| std::mem::replace(published, revision) != revision);
+        if revision != revision_before {
+            // One read of the batch's changes here saves every watch stream its own.
+            let recent = match self.store.changes(revision_before + 1, RECENT_CHANGES_MAX) {
+                Ok(changes) if changes.through_revision == revision => Some(Arc::new(changes)),
+                Ok(_) => None,
+                Err(error) => return Err(format!("reading the changes just applied: {error}")),
+            };
+            self.revisions.send_replace(Published { revision, recent });
+        }
         self.applied_since_durable += entries.len() as u64;
         if self.applied_since_durable >= self.durable_every_entries {
             self.store

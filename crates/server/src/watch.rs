@@ -21,7 +21,7 @@ use keel_api::etcdserverpb::watch_create_request::FilterType;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
 use keel_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use keel_api::mvccpb::{event::EventType, Event, KeyValue};
-use keel_storage::mvcc::{Change, ChangeKind, MvccError, RangeEnd, RangeOptions};
+use keel_storage::mvcc::{Change, ChangeKind, Changes, MvccError, RangeEnd, RangeOptions};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -35,6 +35,16 @@ const CHANGES_PER_READ_MAX: usize = 1_000;
 pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
 /// Responses queued for a client before the stream waits for it to read.
 pub const RESPONSES_QUEUED_MAX: usize = 64;
+
+/// What the node publishes after each applied batch that changed the store: the new revision
+/// and, when small enough, the batch's changes, so that streams which are up to date don't each
+/// read them from the store.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub revision: i64,
+    /// The changes of the revisions after the previous publication, through `revision`.
+    pub recent: Option<Arc<Changes>>,
+}
 
 /// How watch streams behave.
 #[derive(Debug, Clone)]
@@ -85,6 +95,7 @@ struct WatchStream {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
+    revisions: tokio::sync::watch::Receiver<Published>,
 }
 
 /// Serves one Watch stream until the client closes it or goes away.
@@ -94,7 +105,7 @@ pub async fn serve_stream(
     mut requests: impl Stream<Item = Result<WatchRequest, Status>> + Unpin,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
-    let mut revisions = node.subscribe_revisions();
+    let revisions = node.subscribe_revisions();
     let mut ticker = tokio::time::interval(config.progress_interval);
     ticker.tick().await;
     let mut stream = WatchStream {
@@ -103,6 +114,7 @@ pub async fn serve_stream(
         watchers: BTreeMap::new(),
         next_id: 0,
         responses,
+        revisions,
     };
     loop {
         let Ok(synced) = stream.deliver().await else {
@@ -118,7 +130,7 @@ pub async fn serve_stream(
                 // The client closed its side, or the transport failed.
                 Some(Err(_)) | None => return,
             },
-            changed = revisions.changed() => {
+            changed = stream.revisions.changed() => {
                 if changed.is_err() {
                     // The member stopped.
                     return;
@@ -249,20 +261,23 @@ impl WatchStream {
             else {
                 return Ok(current);
             };
-            let changes = match store.changes(from, CHANGES_PER_READ_MAX) {
-                Ok(changes) => changes,
-                Err(MvccError::Compacted) => {
-                    self.cancel_compacted(store.compact_revision()).await?;
-                    continue;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "watch could not read history");
-                    let _ = self
-                        .responses
-                        .send(Err(Status::unavailable("etcdserver: server stopped")))
-                        .await;
-                    return Err(Gone);
-                }
+            let changes = match self.recent_from(from, current) {
+                Some(changes) => changes,
+                None => match store.changes(from, CHANGES_PER_READ_MAX) {
+                    Ok(changes) => Arc::new(changes),
+                    Err(MvccError::Compacted) => {
+                        self.cancel_compacted(store.compact_revision()).await?;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "watch could not read history");
+                        let _ = self
+                            .responses
+                            .send(Err(Status::unavailable("etcdserver: server stopped")))
+                            .await;
+                        return Err(Gone);
+                    }
+                },
             };
             let ids: Vec<i64> = self.watchers.keys().copied().collect();
             for id in ids {
@@ -285,6 +300,30 @@ impl WatchStream {
                 }
             }
         }
+    }
+
+    /// The changes from `from` through `current` out of the node's last publication, when it
+    /// holds them all.
+    fn recent_from(&self, from: i64, current: i64) -> Option<Arc<Changes>> {
+        let published = self.revisions.borrow();
+        let recent = published.recent.as_ref()?;
+        let first = recent.changes.first()?.kv.mod_revision;
+        if recent.through_revision != current || from < first {
+            return None;
+        }
+        if from == first {
+            return Some(Arc::clone(recent));
+        }
+        let changes = recent
+            .changes
+            .iter()
+            .filter(|change| change.kv.mod_revision >= from)
+            .cloned()
+            .collect();
+        Some(Arc::new(Changes {
+            changes,
+            through_revision: recent.through_revision,
+        }))
     }
 
     fn events_for(&self, watcher: &Watcher, changes: &[Change]) -> Vec<Event> {
