@@ -8,12 +8,13 @@ use std::path::Path;
 /// Every file we generate code for, relative to the include root `proto/`.
 /// Each file holds one protobuf package, and each package becomes one module
 /// at the crate root (see `src/lib.rs`).
-const PROTO_FILES: [&str; 5] = [
+const PROTO_FILES: [&str; 6] = [
     "mvccpb/kv.proto",
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
     "v3electionpb/v3election.proto",
     "v3lockpb/v3lock.proto",
+    "keelraftpb/raft.proto",
 ];
 
 const PROTO_ROOT: &str = "proto";

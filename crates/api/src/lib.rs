@@ -49,3 +49,9 @@ pub mod v3electionpb {
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
 }
+
+/// Keel's own peer protocol: Raft messages between members (not part of etcd's API).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod keelraftpb {
+    tonic::include_proto!("keelraftpb");
+}

@@ -162,6 +162,8 @@ pub enum ConfigError {
     },
     #[error("--{0} is not supported by Keel yet")]
     Unsupported(&'static str),
+    #[error("--auth-token: {0}")]
+    AuthToken(String),
 }
 
 /// Parses a comma-separated list of `http://host:port` URLs into socket addresses.
@@ -271,15 +273,22 @@ impl Flags {
             (self.force_new_cluster, "force-new-cluster"),
             (!self.config_file.is_empty(), "config-file"),
             (!self.listen_metrics_urls.is_empty(), "listen-metrics-urls"),
-            (
-                self.auth_token != "simple",
-                "auth-token (other than simple)",
-            ),
         ];
         match unsupported.iter().find(|(set, _)| *set) {
             Some((_, flag)) => Err(ConfigError::Unsupported(flag)),
             None => Ok(()),
         }
+    }
+
+    /// `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`, with the JWT key files read.
+    pub fn auth_config(&self) -> Result<keel_server::auth::AuthConfig, ConfigError> {
+        keel_server::auth::AuthConfig::parse(
+            &self.auth_token,
+            std::time::Duration::from_secs(self.auth_token_ttl),
+            self.bcrypt_cost,
+            parse_duration,
+        )
+        .map_err(ConfigError::AuthToken)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -346,6 +355,27 @@ mod tests {
         );
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn auth_token_options_parse_like_etcd() {
+        let flags = |token: &str| {
+            Flags::try_parse_from(["keel", "--auth-token", token, "--bcrypt-cost", "4"]).unwrap()
+        };
+        assert!(flags("simple").auth_config().is_ok());
+        for bad in [
+            "nope",
+            "jwt",
+            "jwt,sign-method=RS256",
+            "jwt,sign-method=XX999,priv-key=/dev/null",
+            "jwt,sign-method=HS256,priv-key",
+            "jwt,sign-method=HS256,sign-method=HS256",
+            "jwt,sign-method=HS256,priv-key=/no/such/file",
+            "jwt,sign-method=HS256,priv-key=/dev/null,ttl=5y",
+        ] {
+            let error = flags(bad).auth_config().unwrap_err().to_string();
+            assert!(error.starts_with("--auth-token: "), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -70,22 +70,14 @@ fn init_logging(flags: &Flags) {
 
 async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     flags.check_supported()?;
+    let auth_config = flags.auth_config()?;
     let client_addresses = listen_addresses("listen-client-urls", &flags.listen_client_urls)?;
     listen_addresses("listen-peer-urls", &flags.listen_peer_urls)?;
-    let others = url_list(&flags.initial_cluster)
-        .iter()
-        .filter(|member| {
-            member
-                .split_once('=')
-                .is_some_and(|(name, _)| name != flags.name)
-        })
-        .count();
-    if others > 0 {
-        return Err(
-            "--initial-cluster names other members: multi-member clusters need Raft (issue #3)"
-                .into(),
-        );
+    if flags.initial_cluster_state == "existing" {
+        return Err("--initial-cluster-state existing (joining a running cluster) is not supported yet (issue #3)".into());
     }
+    let initial_cluster = parse_initial_cluster(&flags.initial_cluster)?;
+    let multi_member = initial_cluster.len() > 1;
     let data_dir = flags.data_dir();
     let node_config = NodeConfig {
         name: flags.name.clone(),
@@ -97,10 +89,15 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         max_request_bytes: flags.max_request_bytes,
         quota_backend_bytes: flags.quota_backend_bytes,
         election_timeout_ms: flags.election_timeout,
+        heartbeat_interval_ms: flags.heartbeat_interval,
+        initial_cluster,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "starting keel");
-    let node = Arc::new(tokio::task::spawn_blocking(move || Node::start(&node_config)).await??);
+    let runtime = tokio::runtime::Handle::current();
+    let node =
+        Arc::new(tokio::task::spawn_blocking(move || Node::start(&node_config, &runtime)).await??);
     let grpc_config = GrpcConfig {
+        auth: Arc::new(keel_server::auth::Auth::new(Arc::clone(&node), auth_config)),
         max_request_bytes: flags.max_request_bytes,
         max_txn_ops: flags.max_txn_ops,
         watch: WatchConfig {
@@ -114,6 +111,23 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     let lease_expiry = tokio::spawn(Arc::clone(&node).expire_leases());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    // Peers talk to each other only in a cluster of several members.
+    if multi_member {
+        for address in listen_addresses("listen-peer-urls", &flags.listen_peer_urls)? {
+            let listener = grpc::bind(address)
+                .await
+                .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+            tracing::info!(%address, "serving peers");
+            let service = node.peer_service();
+            let mut stop = stop.clone();
+            servers.spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                };
+                grpc::serve_peers(service, listener, shutdown).await
+            });
+        }
+    }
     for address in client_addresses {
         let listener = grpc::bind(address)
             .await
@@ -163,4 +177,20 @@ async fn shutdown_signal() -> &'static str {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     }
+}
+
+/// Reads `--initial-cluster` (`name=url,name=url,...`; a name may repeat for several URLs).
+/// Empty means a one-member cluster of this member.
+fn parse_initial_cluster(text: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for item in url_list(text) {
+        let (name, url) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster entry {item:?} is not name=url"))?;
+        match members.iter_mut().find(|(existing, _)| existing == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    Ok(members)
 }

@@ -303,7 +303,7 @@ impl<S: Storage> RaftLog<S> {
 
     /// The leader's rule: commit `index` only if it holds an entry of the current term.
     pub fn maybe_commit(&mut self, index: u64, term: u64) -> bool {
-        if index > self.committed && self.term(index).is_ok() && term > 0 {
+        if index > self.committed && self.term(index) == Ok(term) {
             self.commit_to(index);
             return true;
         }

@@ -297,10 +297,20 @@ impl<S: Storage> Raft<S> {
             }
             return;
         }
+        // Learners are asked too. Their answers do not count here, but they learn the term,
+        // and one may already be a voter in a configuration this node has not applied yet:
+        // without this, such a node only learns our term from rejections and can trail us by
+        // one term forever while we cannot win (seed 40612, pre-vote off).
         let own_id = self.id;
-        let voters: Vec<NodeId> = self.tracker.voters.iter().copied().collect();
-        for voter in voters.into_iter().filter(|&v| v != own_id) {
-            let mut message = Message::new(kind, voter);
+        let members: Vec<NodeId> = self
+            .tracker
+            .voters
+            .iter()
+            .chain(&self.tracker.learners)
+            .copied()
+            .collect();
+        for member in members.into_iter().filter(|&m| m != own_id) {
+            let mut message = Message::new(kind, member);
             message.term = term;
             message.index = self.log.last_index();
             message.log_term = self.log.last_term();
@@ -373,15 +383,24 @@ impl<S: Storage> Raft<S> {
                 MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
                     self.become_follower(message.term, Some(message.from));
                 }
+                MessageKind::RequestVote => {
+                    // As in the Raft paper (not etcd), a higher term alone does not restart
+                    // the election timer: only granting the vote does. Otherwise a candidate
+                    // that can never win (stale log) keeps resetting the timers of the nodes
+                    // that could, and without pre-vote the cluster can stay leaderless.
+                    let elapsed = self.election_elapsed;
+                    self.become_follower(message.term, None);
+                    self.election_elapsed = elapsed;
+                }
                 _ => self.become_follower(message.term, None),
             }
         } else if message.term < self.term {
-            if (self.config.check_quorum || self.config.pre_vote)
-                && matches!(message.kind, MessageKind::Heartbeat | MessageKind::Append)
-            {
+            if matches!(message.kind, MessageKind::Heartbeat | MessageKind::Append) {
                 // A stale leader (e.g. one that was partitioned) learns the newer term from
                 // this answer and steps down. Without it, a node whose term rose while cut off
-                // could be ignored forever under pre-vote / check-quorum.
+                // could be ignored forever: under pre-vote / check-quorum, and always for a
+                // learner, which never campaigns to spread its term (seed 46193). etcd answers
+                // only under pre-vote / check-quorum.
                 let response = Message::new(MessageKind::AppendResponse, message.from);
                 self.send(response);
             } else if message.kind == MessageKind::RequestPreVote {
@@ -558,8 +577,10 @@ impl<S: Storage> Raft<S> {
             response.index = self.log.committed;
         } else if self.log.match_term(index, term) {
             // We already hold the snapshot's last entry: just learn that it is committed.
+            // Answer with that index, not our last one: entries after it may still conflict
+            // with the leader's, and claiming them would let the leader count them.
             self.log.commit_to(index);
-            response.index = self.log.last_index();
+            response.index = index;
         } else {
             self.tracker
                 .restore(&snapshot.metadata.conf_state, index + 1);
@@ -605,7 +626,12 @@ impl<S: Storage> Raft<S> {
                     .sent_append(last);
                 true
             }
-            _ => self.send_snapshot(to),
+            (Err(StorageError::Compacted), _) | (_, Err(StorageError::Compacted)) => {
+                self.send_snapshot(to)
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                unreachable!("progress of {to} points past the log (next {next}): {error}")
+            }
         }
     }
 
@@ -751,11 +777,14 @@ impl<S: Storage> Raft<S> {
         if !self.log.maybe_commit(quorum_index, self.term) {
             return false;
         }
-        // The first commit of the term: reads held back until now can be served.
-        while let Some((from, context)) = self.deferred_reads.pop_front() {
-            // The queue was bounded when they were deferred; an overflow here drops the
-            // read, and its originator retries.
-            let _ = self.read_index(from, context);
+        // The first commit of the term: reads held back until now can be served. Take the
+        // queue first, so each read is retried exactly once whatever read_index decides.
+        if self.log.term(self.log.committed) == Ok(self.term) {
+            for (from, context) in std::mem::take(&mut self.deferred_reads) {
+                // The queue was bounded when they were deferred; an overflow here drops the
+                // read, and its originator retries.
+                let _ = self.read_index(from, context);
+            }
         }
         true
     }

@@ -9,6 +9,7 @@
 
 mod sim;
 
+use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,10 +19,10 @@ use keel_raft::{ConfChange, ConfChangeKind, NodeId, Role, SplitMix64};
 use sim::{Cluster, ClusterOptions, Faults};
 
 const DEFAULT_SEEDS: u64 = 2000;
-/// After healing, a stable leader must exist within this many ticks (several election
-/// timeouts: a stale higher-term node may force one more election, and the vote lease delays
-/// each by up to one timeout).
-const LIVENESS_ELECTION_TICKS: u64 = 150;
+/// After healing, a stable leader must exist within this many ticks. Elections are
+/// randomized, so the bound is probabilistic: a stale higher-term node may force extra
+/// elections, and the vote lease delays each by up to one election timeout.
+const LIVENESS_ELECTION_TICKS: u64 = 200;
 /// ... and proposals made to it must be applied by every member within this many ticks.
 const LIVENESS_COMMIT_TICKS: u64 = 80;
 const LIVENESS_PROPOSALS: u64 = 5;
@@ -33,6 +34,7 @@ struct Outcome {
     max_commit: u64,
     reads_answered: u64,
     fingerprint: Vec<(u64, NodeId)>,
+    coverage: BTreeMap<&'static str, u64>,
 }
 
 fn pick(rng: &mut SplitMix64, from: &[NodeId]) -> Option<NodeId> {
@@ -197,9 +199,36 @@ fn stable_leader(cluster: &Cluster) -> Option<NodeId> {
     all_follow.then_some(leader)
 }
 
+/// One line per node, for failure messages.
+fn describe(cluster: &Cluster) -> String {
+    let mut lines = String::new();
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        let Some(raw) = node.raw.as_ref() else {
+            lines.push_str(&format!("\n  node {id}: down"));
+            continue;
+        };
+        let status = raw.status();
+        lines.push_str(&format!(
+            "\n  node {id}: {:?} term {} leader {:?} commit {} applied {} log {}..={} voters \
+             {:?} learners {:?}",
+            status.soft_state.role,
+            status.hard_state.term,
+            status.soft_state.leader,
+            status.hard_state.commit,
+            status.applied,
+            status.first_index,
+            status.last_index,
+            status.conf_state.voters,
+            status.conf_state.learners
+        ));
+    }
+    lines
+}
+
 fn run_seed(seed: u64) -> Outcome {
     let mut setup = SplitMix64::new(seed);
-    let voters = if seed % 2 == 0 { 3 } else { 5 };
+    let voters = if seed.is_multiple_of(2) { 3 } else { 5 };
     let mut options = ClusterOptions::new(voters);
     options.seed = seed;
     options.spares = 3;
@@ -266,14 +295,15 @@ fn run_seed(seed: u64) -> Outcome {
         assert!(
             waited < LIVENESS_ELECTION_TICKS,
             "seed {seed}: no stable leader {LIVENESS_ELECTION_TICKS} ticks after healing \
-             (leaders by term: {:?})",
+             (leaders by term: {:?}); nodes: {}",
             cluster
                 .checker
                 .leaders
                 .iter()
                 .rev()
                 .take(5)
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>(),
+            describe(&cluster)
         );
         cluster.tick();
         waited += 1;
@@ -302,8 +332,9 @@ fn run_seed(seed: u64) -> Outcome {
         assert!(
             waited < LIVENESS_COMMIT_TICKS,
             "seed {seed}: proposals made after healing were not applied by all of {members:?} \
-             within {LIVENESS_COMMIT_TICKS} ticks (leader {leader}, role now {:?})",
-            cluster.node(leader).role()
+             within {LIVENESS_COMMIT_TICKS} ticks (leader {leader}, role now {:?}); nodes: {}",
+            cluster.node(leader).role(),
+            describe(&cluster)
         );
         cluster.tick();
         waited += 1;
@@ -325,6 +356,7 @@ fn run_seed(seed: u64) -> Outcome {
             .iter()
             .map(|(&t, &l)| (t, l))
             .collect(),
+        coverage: cluster.coverage,
     }
 }
 
@@ -360,6 +392,7 @@ fn simulation_preserves_safety_and_recovers_after_faults() {
     let failed = AtomicBool::new(false);
     let failure: Mutex<Option<(u64, String)>> = Mutex::new(None);
     let totals: Mutex<(u64, u64, u64, u64)> = Mutex::new((0, 0, 0, 0));
+    let coverage: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -375,6 +408,10 @@ fn simulation_preserves_safety_and_recovers_after_faults() {
                         totals.1 += outcome.terms_with_leader as u64;
                         totals.2 += outcome.max_commit;
                         totals.3 += outcome.reads_answered;
+                        let mut coverage = coverage.lock().expect("not poisoned");
+                        for (what, count) in outcome.coverage {
+                            *coverage.entry(what).or_default() += count;
+                        }
                     }
                     Err(payload) => {
                         failed.store(true, Ordering::Relaxed);
@@ -404,6 +441,10 @@ fn simulation_preserves_safety_and_recovers_after_faults() {
         totals.1,
         totals.2,
         totals.3
+    );
+    println!(
+        "coverage: {:?}",
+        coverage.into_inner().expect("not poisoned")
     );
 }
 

@@ -33,6 +33,7 @@ pub enum Response {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    Auth(crate::auth::apply::AuthResponse),
 }
 
 /// Applies log entry `index` holding `request`.
@@ -64,6 +65,7 @@ pub fn apply(
         }
         Request::LeaseGrant(grant) => apply_lease_grant(store, lessor, index, grant),
         Request::LeaseRevoke(revoke) => apply_lease_revoke(store, lessor, index, revoke),
+        Request::Auth(auth) => crate::auth::apply::apply(store, index, auth).map(Response::Auth),
         Request::Compaction(compaction) => match store.compact(compaction.revision, index) {
             Ok(()) => Ok(Response::Compaction(CompactionResponse {
                 header: Some(header(store.revision())),
@@ -300,6 +302,20 @@ pub fn is_read_only(request: &TxnRequest) -> bool {
             Some(Op::RequestRange(_)) | None => true,
             Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => false,
             Some(Op::RequestTxn(nested)) => is_read_only(nested),
+        })
+}
+
+/// True when every range in the transaction asks for a serializable read (etcd then skips the
+/// linearizability check).
+pub fn is_serializable(request: &TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(range)) => range.serializable,
+            Some(Op::RequestTxn(nested)) => is_serializable(nested),
+            _ => true,
         })
 }
 

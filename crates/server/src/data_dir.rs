@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 const MARKER: &str = "KEEL";
-const FORMAT: u32 = 1;
+/// Format 2: the initial members are recorded (format 1 had one member and no list).
+const FORMAT: u32 = 2;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -35,12 +36,22 @@ pub enum DataDirError {
     BadMarker { path: PathBuf, reason: String },
 }
 
-/// Who this member is; fixed when its data directory is created.
+/// A member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// Who this member is and whom it started with; fixed when its data directory is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub name: String,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// The cluster's founding members (this one included), in id order.
+    pub initial_members: Vec<MemberInfo>,
 }
 
 /// An opened data directory.
@@ -104,6 +115,15 @@ fn write_marker(marker: &Path, identity: &Identity) -> std::io::Result<()> {
         "format={FORMAT}\nname={}\nmember_id={:x}\ncluster_id={:x}\n",
         identity.name, identity.member_id, identity.cluster_id
     )?;
+    for member in &identity.initial_members {
+        writeln!(
+            file,
+            "member={:x} {} {}",
+            member.id,
+            member.name,
+            member.peer_urls.join(",")
+        )?;
+    }
     file.sync_all()?;
     fs::rename(&temporary, marker)?;
     fs::File::open(marker.parent().expect("the marker is inside the data dir"))?.sync_all()
@@ -137,10 +157,28 @@ fn read_marker(marker: &Path) -> Result<Identity, DataDirError> {
             "format {format}; this build reads format {FORMAT}"
         )));
     }
+    let mut initial_members = Vec::new();
+    for line in text.lines().filter_map(|line| line.strip_prefix("member=")) {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(id), Some(name), Some(urls)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad(format!("member line {line:?}")));
+        };
+        let id = u64::from_str_radix(id, 16).map_err(|error| bad(format!("member id: {error}")))?;
+        let peer_urls = urls.split(',').map(String::from).collect();
+        initial_members.push(MemberInfo {
+            id,
+            name: name.to_string(),
+            peer_urls,
+        });
+    }
+    if initial_members.is_empty() {
+        return Err(bad("no members".into()));
+    }
     Ok(Identity {
         name: field("name")?.to_string(),
         member_id: hex("member_id")?,
         cluster_id: hex("cluster_id")?,
+        initial_members,
     })
 }
 
@@ -167,6 +205,11 @@ mod tests {
             name: "n1".into(),
             member_id: 0xabc,
             cluster_id: 0xdef,
+            initial_members: vec![MemberInfo {
+                id: 0xabc,
+                name: "n1".into(),
+                peer_urls: vec!["http://a:1".into()],
+            }],
         }
     }
 

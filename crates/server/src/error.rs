@@ -12,6 +12,13 @@ pub enum ServerError {
     /// A request error etcd defines, reported as etcd reports it.
     #[error("{}", .0.message())]
     Etcd(EtcdError),
+    /// A request's auth token was refused. Clients see etcd's `invalid auth token`; the cause
+    /// travels in the `keel-auth-failure` trailer.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken(crate::auth::TokenFailure),
+    /// Authenticate on a member that has only the JWT public key (etcd's `ErrVerifyOnly`).
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
     /// The member is shutting down or has stopped after a fatal error.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -40,6 +47,18 @@ impl From<ServerError> for tonic::Status {
     fn from(error: ServerError) -> tonic::Status {
         match error {
             ServerError::Etcd(error) => error.into(),
+            ServerError::InvalidAuthToken(failure) => {
+                let mut status = tonic::Status::from(EtcdError::InvalidAuthToken);
+                status.metadata_mut().insert(
+                    crate::auth::FAILURE_TRAILER,
+                    tonic::metadata::MetadataValue::from_static(failure.name()),
+                );
+                status
+            }
+            // etcd has no code for it and sends Unknown with its own text.
+            ServerError::VerifyOnly => {
+                tonic::Status::unknown("auth: token signing attempted with verify-only key")
+            }
             // etcd answers a stopping member's requests with ErrGRPCStopped.
             ServerError::Stopped | ServerError::Fatal(_) => EtcdError::Stopped.into(),
         }

@@ -7,6 +7,7 @@
 //! `tonic::Status`.
 
 pub mod apply;
+pub mod auth;
 pub mod data_dir;
 mod error;
 pub mod grpc;
@@ -14,7 +15,9 @@ pub mod lease;
 pub mod node;
 pub mod quota;
 pub mod range;
+pub mod replica;
 pub mod request;
+pub mod transport;
 pub mod validate;
 pub mod watch;
 

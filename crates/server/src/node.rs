@@ -1,49 +1,38 @@
-//! A member's runtime: the path every write takes from the gRPC layer to the store.
+//! A running member: starts its storage and Raft replica, and is what the gRPC services call.
 //!
-//! ```text
-//!  gRPC handler ──propose──▶ bounded queue ──▶ writer thread
-//!                                               │ take a batch of proposals
-//!                                               │ append them to the WAL as entries, one fsync
-//!                                               │ apply each entry to the MVCC store
-//!  gRPC handler ◀──────── response ─────────────┘ answer each proposer
-//! ```
-//!
-//! This is the single-member shape of the Raft path: the batch is what the Raft core hands out
-//! as "entries to persist" and "committed entries", and the next issue puts the core between
-//! the queue and the WAL. A write is answered only after its entry is durable and applied.
-//! Reads don't pass through here: they read the store directly, and see every answered write.
+//! Writes are proposed to the replica thread (see `replica.rs`) and answered once their entry
+//! is committed by a quorum, durable and applied. Linearizable reads first confirm through Raft
+//! (ReadIndex) that this member has applied everything committed before the read began; a
+//! single-member cluster skips that, since it applies every write before answering it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use keel_api::etcdserverpb::ResponseHeader;
 use keel_api::EtcdError;
+use keel_raft::{ConfState, Config, MemStorage, RawNode, Snapshot, SnapshotMetadata, Storage};
 use keel_storage::mvcc::Store;
-use keel_storage::wal::{Entry, HardState, Wal, WalOptions};
+use keel_storage::wal::{HardState as WalHardState, SnapshotMarker, Wal, WalOptions};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use crate::apply::{apply, Response};
-use crate::data_dir::{stable_id, DataDir, DataDirError, Identity};
+use crate::apply::Response;
+use crate::data_dir::{stable_id, DataDir, DataDirError, Identity, MemberInfo};
 use crate::lease::{ttl_secs_min, Lessor};
 use crate::quota::Quota;
+use crate::replica::{from_wal_entry, hard_state_from_wal, Input, Replica, Shared};
 use crate::request::Request;
+use crate::transport::{PeerService, Transport};
 use crate::watch::Published;
 use crate::ServerError;
 
-/// Proposals waiting for the writer; a full queue makes proposers wait (backpressure).
-const PROPOSALS_QUEUED_MAX: usize = 4096;
-/// Entries written with one fsync at most.
-const ENTRIES_PER_BATCH_MAX: usize = 1024;
-/// Bytes written with one fsync at most (a batch may pass it by one entry).
-const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// Log entries kept before the durable store state, for members that fall behind (etcd keeps
-/// 5,000 for the same reason).
-const CATCH_UP_ENTRIES: u64 = 5_000;
-/// Changes of one batch handed to watch streams in memory; a larger batch they read from the
-/// store.
-const RECENT_CHANGES_MAX: usize = 16_384;
+/// Inputs (proposals, reads, peer messages) waiting for the replica thread; when full,
+/// clients get etcd's "too many requests".
+const INBOX_MAX: usize = 16_384;
 
 /// How a member is set up.
 #[derive(Debug, Clone)]
@@ -51,13 +40,17 @@ pub struct NodeConfig {
     pub name: String,
     pub data_dir: PathBuf,
     pub initial_cluster_token: String,
+    /// `--initial-cluster`: every founding member's name and peer URLs (this one included).
+    pub initial_cluster: Vec<(String, Vec<String>)>,
     pub initial_advertise_peer_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
     /// Applied entries between durable store commits (after which older log is released).
     pub snapshot_count: u64,
     /// Largest request accepted, encoded (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
-    /// Election timeout; leases are at least 1.5 of it long, as in etcd.
+    /// Raft's tick: etcd's `--heartbeat-interval`.
+    pub heartbeat_interval_ms: u64,
+    /// etcd's `--election-timeout`; leases are at least 1.5 of it long, as in etcd.
     pub election_timeout_ms: u64,
     /// Backend space quota (etcd's `--quota-backend-bytes`: 0 default, negative none).
     pub quota_backend_bytes: i64,
@@ -72,42 +65,75 @@ pub enum StartError {
     Wal(#[from] keel_storage::wal::WalError),
     #[error("store: {0}")]
     Store(#[from] keel_storage::mvcc::MvccError),
-    #[error("log entry {index} does not decode: {reason}")]
-    Entry { index: u64, reason: String },
-    #[error("the store has applied entry {applied} but the log ends at {last}: the log lost acknowledged writes")]
-    LogBehindStore { applied: u64, last: u64 },
-    #[error("the log starts at entry {first} but the store has applied only up to {applied}: entries are missing")]
-    LogGap { first: u64, applied: u64 },
-    #[error("replaying entry {index}: {reason}")]
-    Replay { index: u64, reason: String },
+    #[error("log: {0}")]
+    Log(String),
+    #[error("the store has applied entry {applied} but the log is committed only to {committed}: the log lost acknowledged writes")]
+    LogBehindStore { applied: u64, committed: u64 },
+    #[error("--initial-cluster does not name this member ({0})")]
+    NotInInitialCluster(String),
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
-enum Command {
-    Propose {
-        data: Vec<u8>,
-        request: Request,
-        responder: oneshot::Sender<Result<Response, ServerError>>,
-    },
-    Stop,
+/// Member and cluster ids derived from the configuration, the same on every member.
+pub fn initial_identity(config: &NodeConfig) -> Result<Identity, StartError> {
+    let mut cluster = config.initial_cluster.clone();
+    if cluster.is_empty() {
+        cluster.push((
+            config.name.clone(),
+            config.initial_advertise_peer_urls.clone(),
+        ));
+    }
+    let mut members: Vec<MemberInfo> = cluster
+        .into_iter()
+        .map(|(name, mut peer_urls)| {
+            peer_urls.sort();
+            let mut parts: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+            parts.push(&config.initial_cluster_token);
+            MemberInfo {
+                id: stable_id(&parts),
+                name,
+                peer_urls,
+            }
+        })
+        .collect();
+    members.sort_by_key(|member| member.id);
+    let own = members
+        .iter()
+        .find(|member| member.name == config.name)
+        .ok_or_else(|| StartError::NotInInitialCluster(config.name.clone()))?;
+    let mut parts: Vec<String> = members
+        .iter()
+        .map(|member| format!("{:016x}", member.id))
+        .collect();
+    parts.push(config.initial_cluster_token.clone());
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    Ok(Identity {
+        name: config.name.clone(),
+        member_id: own.id,
+        cluster_id: stable_id(&parts),
+        initial_members: members,
+    })
 }
 
 /// A running member.
 pub struct Node {
     store: Arc<Store>,
     identity: Identity,
-    term: u64,
+    shared: Arc<Shared>,
     max_request_bytes: usize,
-    commands: mpsc::Sender<Command>,
+    request_timeout: Duration,
+    inbox: SyncSender<Input>,
     failure: watch::Receiver<Option<String>>,
-    /// The store's revision after each applied batch, for watch streams.
     revisions: watch::Receiver<Published>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    replica: Mutex<Option<JoinHandle<()>>>,
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
     quota: Quota,
     lessor: Arc<Lessor>,
-    /// The next lease id to hand out when a grant names none.
-    lease_ids: std::sync::atomic::AtomicU64,
+    /// Ids for requests (the top bits are the member's) and leases.
+    request_ids: AtomicU64,
+    lease_ids: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -115,150 +141,227 @@ impl std::fmt::Debug for Node {
         formatter
             .debug_struct("Node")
             .field("identity", &self.identity)
-            .field("term", &self.term)
-            .finish()
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
 impl Node {
-    /// Opens (or creates) the data directory, replays the log into the store and starts the
-    /// writer.
-    pub fn start(config: &NodeConfig) -> Result<Node, StartError> {
-        let data_dir = DataDir::open_or_create(&config.data_dir, || {
-            let mut peer_urls = config.initial_advertise_peer_urls.clone();
-            peer_urls.sort();
-            let mut parts: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
-            parts.push(&config.initial_cluster_token);
-            let member_id = stable_id(&parts);
-            let cluster_id =
-                stable_id(&[&format!("{member_id:016x}"), &config.initial_cluster_token]);
-            Identity {
-                name: config.name.clone(),
-                member_id,
-                cluster_id,
-            }
-        })?;
-        let wal_dir = data_dir.wal_dir();
-        let (mut wal, replay) = if data_dir.created || !wal_dir.exists() {
-            std::fs::create_dir_all(&wal_dir).map_err(|source| DataDirError::Io {
-                path: wal_dir.clone(),
-                source,
-            })?;
-            (Wal::create(&wal_dir, WalOptions::default())?, None)
-        } else {
-            let (wal, replay) = Wal::open(&wal_dir, WalOptions::default())?;
-            (wal, Some(replay))
+    /// Opens (or creates) the data directory, rebuilds the Raft log from the WAL, and starts
+    /// the replica thread and the transport to the peers. Needs a tokio runtime.
+    pub fn start(
+        config: &NodeConfig,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Node, StartError> {
+        let new_identity = initial_identity(config)?;
+        let data_dir = DataDir::open_or_create(&config.data_dir, || new_identity.clone())?;
+        let identity = data_dir.identity.clone();
+        let voters: Vec<u64> = identity
+            .initial_members
+            .iter()
+            .map(|member| member.id)
+            .collect();
+        let conf_state = ConfState {
+            voters: voters.clone(),
+            learners: Vec::new(),
         };
+
+        let wal_dir = data_dir.wal_dir();
         let store = Arc::new(Store::open(&data_dir.db_path())?);
         let lessor = Arc::new(Lessor::new(
             ttl_secs_min(config.election_timeout_ms),
             store.leases()?,
         ));
-
-        let applied = store.consistent_index();
-        let last = wal.last_index();
-        if applied > last {
-            return Err(StartError::LogBehindStore { applied, last });
-        }
-        let mut previous_term = 0;
-        if let Some(replay) = replay {
-            previous_term = replay.hard_state.map_or(0, |state| state.term);
-            let mut replayed = 0u64;
-            for entry in replay.entries.iter().filter(|entry| entry.index > applied) {
-                if replayed == 0 && entry.index != applied + 1 {
-                    return Err(StartError::LogGap {
-                        first: entry.index,
-                        applied,
-                    });
-                }
-                let (_, request) =
-                    Request::decode(&entry.data).map_err(|error| StartError::Entry {
-                        index: entry.index,
-                        reason: error.to_string(),
-                    })?;
-                match apply(&store, &lessor, entry.index, &request) {
-                    Ok(_) | Err(ServerError::Etcd(_)) => {}
-                    Err(error) => {
-                        return Err(StartError::Replay {
-                            index: entry.index,
-                            reason: error.to_string(),
-                        })
-                    }
-                }
-                replayed += 1;
+        let (wal, storage) = if !Wal::exists(&wal_dir)? {
+            std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
+            let mut wal = Wal::create(&wal_dir, WalOptions::default())?;
+            // Every founding member starts from the same log: a snapshot at index 1, term 1,
+            // holding the initial configuration.
+            let storage = MemStorage::new_bootstrapped(conf_state.clone());
+            wal.append_snapshot_marker(&SnapshotMarker { term: 1, index: 1 })?;
+            wal.append_hard_state(&WalHardState {
+                term: 1,
+                vote: 0,
+                commit: 1,
+            })?;
+            wal.sync()?;
+            (wal, storage)
+        } else {
+            let (wal, replay) = Wal::open(&wal_dir, WalOptions::default())?;
+            let marker = replay
+                .snapshot
+                .ok_or_else(|| StartError::Log("the log has no snapshot marker".into()))?;
+            let mut storage = MemStorage::new();
+            storage
+                .apply_snapshot(Snapshot {
+                    metadata: SnapshotMetadata {
+                        index: marker.index,
+                        term: marker.term,
+                        conf_state: conf_state.clone(),
+                    },
+                    data: Vec::new(),
+                })
+                .map_err(|error| StartError::Log(format!("{error:?}")))?;
+            let entries: Vec<_> = replay
+                .entries
+                .into_iter()
+                .map(from_wal_entry)
+                .collect::<Result<_, _>>()
+                .map_err(StartError::Log)?;
+            storage.append(&entries);
+            if let Some(hard_state) = &replay.hard_state {
+                storage.set_hard_state(hard_state_from_wal(hard_state));
             }
-            tracing::info!(
-                replayed,
-                applied_before = applied,
-                last_index = last,
-                "replayed the log"
-            );
+            (wal, storage)
+        };
+        let hard_state = storage
+            .initial_state()
+            .map_err(|error| StartError::Log(format!("{error:?}")))?
+            .hard_state;
+        let snapshot_index = storage
+            .first_index()
+            .map_err(|error| StartError::Log(format!("{error:?}")))?
+            - 1;
+        let last_index = storage
+            .last_index()
+            .map_err(|error| StartError::Log(format!("{error:?}")))?;
+        let applied = store.consistent_index();
+        if applied > hard_state.commit {
+            return Err(StartError::LogBehindStore {
+                applied,
+                committed: hard_state.commit,
+            });
         }
-        // A single member elects itself at every start: a new term, as etcd's would. etcd's
-        // first election is term 2 (term 1 holds the bootstrap entries), so is Keel's.
-        let term = (previous_term + 1).max(2);
-        wal.append_hard_state(&HardState {
-            term,
-            vote: data_dir.identity.member_id,
-            commit: wal.last_index(),
-        })?;
-        wal.sync()?;
 
-        let (commands, receiver) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let heartbeat_ms = config.heartbeat_interval_ms.max(1);
+        let mut raft_config = Config::new(identity.member_id);
+        raft_config.heartbeat_ticks = 1;
+        raft_config.election_ticks =
+            u32::try_from((config.election_timeout_ms / heartbeat_ms).max(2)).unwrap_or(u32::MAX);
+        raft_config.pre_vote = true;
+        raft_config.check_quorum = true;
+        raft_config.applied = applied.max(snapshot_index);
+        raft_config.random_seed = identity.member_id
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        let mut raw_node = RawNode::new(&raft_config, storage)
+            .map_err(|error| StartError::Raft(format!("{error:?}")))?;
+        let single = voters == [identity.member_id];
+        if single {
+            // Nobody to wait for: lead at once, as etcd's single member does.
+            raw_node.campaign();
+        }
+
+        let (inbox, receiver) = sync_channel(INBOX_MAX);
+        let peers: Vec<(u64, Vec<String>)> = identity
+            .initial_members
+            .iter()
+            .filter(|member| member.id != identity.member_id)
+            .map(|member| (member.id, member.peer_urls.clone()))
+            .collect();
+        let transport = (!peers.is_empty()).then(|| {
+            Transport::start(
+                runtime,
+                identity.cluster_id,
+                identity.member_id,
+                peers,
+                inbox.clone(),
+            )
+        });
+
+        let shared = Arc::new(Shared::default());
+        shared.term.store(hard_state.term, Ordering::Relaxed);
+        shared.last_index.store(last_index, Ordering::Relaxed);
+        shared
+            .commit_index
+            .store(hard_state.commit, Ordering::Relaxed);
         let (failure_sender, failure) = watch::channel(None);
         let (revision_sender, revisions) = watch::channel(Published {
             revision: store.revision(),
             recent: None,
         });
-        let writer = Writer {
+        let election_timeout = Duration::from_millis(config.election_timeout_ms);
+        let replica = Replica::new(
+            raw_node,
             wal,
-            store: Arc::clone(&store),
-            lessor: Arc::clone(&lessor),
-            term,
-            next_index: last + 1,
-            durable_every_entries: config.snapshot_count.clamp(1, 10_000),
-            applied_since_durable: 0,
-            revisions: revision_sender,
-        };
+            Arc::clone(&store),
+            Arc::clone(&lessor),
+            transport,
+            Arc::clone(&shared),
+            revision_sender,
+            Duration::from_millis(heartbeat_ms),
+            config.snapshot_count.clamp(1, 10_000),
+            election_timeout * 3,
+        );
         let handle = std::thread::Builder::new()
-            .name("keel-writer".into())
-            .spawn(move || writer.run(receiver, failure_sender))
-            .map_err(|source| DataDirError::Io {
-                path: config.data_dir.clone(),
-                source,
-            })?;
+            .name("keel-replica".into())
+            .spawn(move || {
+                if let Err(reason) = replica.run(receiver) {
+                    tracing::error!(%reason, "storage failed; the member stops");
+                    let _ = failure_sender.send(Some(reason));
+                }
+            })
+            .map_err(io_error(&config.data_dir))?;
+        // Serve nothing until what was committed before the restart is applied again, so no
+        // read (not even a serializable one) sees less than was acknowledged.
+        let replayed_from = applied;
+        // Entries up to the snapshot are in the store already (it is made durable before the
+        // log is compacted), and a new cluster's bootstrap snapshot holds no data.
+        let committed = if hard_state.commit > snapshot_index {
+            hard_state.commit
+        } else {
+            0
+        };
+        while store.consistent_index() < committed {
+            if let Some(reason) = failure.borrow().clone() {
+                return Err(StartError::Log(reason));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         tracing::info!(
-            name = %data_dir.identity.name,
-            member_id = format!("{:x}", data_dir.identity.member_id),
-            cluster_id = format!("{:x}", data_dir.identity.cluster_id),
-            term,
+            replayed = store.consistent_index() - replayed_from,
+            "applied the committed log"
+        );
+        tracing::info!(
+            name = %identity.name,
+            member_id = format!("{:x}", identity.member_id),
+            cluster_id = format!("{:x}", identity.cluster_id),
+            members = identity.initial_members.len(),
+            applied,
+            last_index,
             revision = store.revision(),
             "member started"
         );
-        let quota = Quota::new(config.quota_backend_bytes, data_dir.db_path());
-        // This member decides lease expiry from now on: every lease gets a full TTL.
-        lessor.refresh_all();
-        // Lease ids: the member's id in the top bits, the start time below, then a counter, as
-        // etcd's id generator does, so ids from different members and starts don't collide.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
-        let first_lease_id =
-            ((data_dir.identity.member_id & 0xffff) << 47) | ((now_ms & ((1 << 39) - 1)) << 8);
+        // etcd's id scheme: the member's id in the top bits, the start time below, then a
+        // counter, so ids from different members and starts don't collide.
+        let first_id = ((identity.member_id & 0xffff) << 47) | ((now_ms & ((1 << 39) - 1)) << 8);
+        let quota = Quota::new(config.quota_backend_bytes, data_dir.db_path());
         Ok(Node {
             store,
-            identity: data_dir.identity,
-            term,
+            request_timeout: Duration::from_secs(5) + 2 * election_timeout,
+            identity,
+            shared,
             max_request_bytes: config.max_request_bytes,
-            commands,
+            inbox,
             failure,
             revisions,
-            writer: Mutex::new(Some(handle)),
+            replica: Mutex::new(Some(handle)),
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
             quota,
             lessor,
-            lease_ids: std::sync::atomic::AtomicU64::new(first_lease_id),
+            request_ids: AtomicU64::new(first_id),
+            lease_ids: AtomicU64::new(first_id),
         })
     }
 
@@ -271,7 +374,24 @@ impl Node {
     }
 
     pub fn term(&self) -> u64 {
-        self.term
+        self.shared.term.load(Ordering::Relaxed)
+    }
+
+    /// The leader this member knows of (0: none).
+    pub fn leader(&self) -> u64 {
+        self.shared.leader.load(Ordering::Relaxed)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == self.identity.member_id
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.shared.last_index.load(Ordering::Relaxed)
+    }
+
+    pub fn is_single_member(&self) -> bool {
+        self.identity.initial_members.len() == 1
     }
 
     pub fn peer_urls(&self) -> &[String] {
@@ -286,27 +406,32 @@ impl Node {
         &self.lessor
     }
 
+    /// The receiving side of the peer transport, for the peer gRPC server.
+    pub fn peer_service(&self) -> PeerService {
+        PeerService::new(self.identity.cluster_id, self.inbox.clone())
+    }
+
     /// A fresh positive lease id.
     pub fn next_lease_id(&self) -> i64 {
         loop {
-            let id = (self
-                .lease_ids
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                & (i64::MAX as u64)) as i64;
+            let id = (self.lease_ids.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
             if id != 0 && !self.lessor.exists(id) {
                 return id;
             }
         }
     }
 
-    /// Revokes expired leases through the log, until the member stops. etcd revokes at most
-    /// 1,000 leases a second; so does this.
+    /// Revokes expired leases through the log while this member leads, until it stops. etcd
+    /// revokes at most 1,000 leases a second; so does this.
     pub async fn expire_leases(self: Arc<Node>) {
-        const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+        const CHECK_INTERVAL: Duration = Duration::from_millis(500);
         const REVOKES_PER_CHECK_MAX: usize = 500;
         let mut ticker = tokio::time::interval(CHECK_INTERVAL);
         loop {
             ticker.tick().await;
+            if !self.is_leader() {
+                continue;
+            }
             let expired = self.lessor.expired(REVOKES_PER_CHECK_MAX);
             if expired.is_empty() {
                 continue;
@@ -341,7 +466,7 @@ impl Node {
             } else {
                 revision
             },
-            raft_term: self.term,
+            raft_term: self.term(),
         }
     }
 
@@ -358,160 +483,72 @@ impl Node {
                 return reason;
             }
             if failure.changed().await.is_err() {
-                // The writer ended without a failure: a clean stop. Never resolve.
+                // The replica ended without a failure: a clean stop. Never resolve.
                 std::future::pending::<()>().await;
             }
         }
     }
 
-    /// Puts `request` through the log; answers once it is durable and applied.
+    fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn submit(&self, input: Input) -> Result<(), ServerError> {
+        self.inbox.try_send(input).map_err(|error| match error {
+            TrySendError::Full(_) => EtcdError::TooManyRequests.into(),
+            TrySendError::Disconnected(_) => ServerError::Stopped,
+        })
+    }
+
+    /// Puts `request` through the log; answers once it is committed, durable and applied here.
     pub async fn propose(&self, request: Request) -> Result<Response, ServerError> {
         if request.encoded_len() > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge.into());
         }
         self.quota.check(&request)?;
-        let data = request.encode(0);
+        let id = self.next_request_id();
+        let data = request.encode(id);
         let (responder, response) = oneshot::channel();
-        self.commands
-            .send(Command::Propose {
-                data,
-                request,
-                responder,
-            })
-            .await
-            .map_err(|_| ServerError::Stopped)?;
-        response.await.map_err(|_| ServerError::Stopped)?
+        self.submit(Input::Propose {
+            id,
+            data,
+            request,
+            responder,
+        })?;
+        match tokio::time::timeout(self.request_timeout, response).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(EtcdError::Timeout.into()),
+        }
     }
 
-    /// Stops the writer after the proposals already queued, and makes the store durable.
+    /// Waits until this member has applied everything committed before now (linearizable
+    /// reads). Immediate on a single-member cluster.
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        if self.is_single_member() {
+            return Ok(());
+        }
+        let id = self.next_request_id();
+        let (responder, response) = oneshot::channel();
+        self.submit(Input::ReadIndex { id, responder })?;
+        match tokio::time::timeout(self.request_timeout, response).await {
+            Ok(Ok(result)) => result.map(|_| ()),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(EtcdError::Timeout.into()),
+        }
+    }
+
+    /// Stops the replica after the inputs already queued, and makes the store durable.
     pub async fn stop(&self) {
-        let _ = self.commands.send(Command::Stop).await;
+        let inbox = self.inbox.clone();
+        let _ = tokio::task::spawn_blocking(move || inbox.send(Input::Stop).is_ok()).await;
         let handle = self
-            .writer
+            .replica
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-    }
-}
-
-/// The thread that owns the WAL: it alone writes the log and applies entries.
-struct Writer {
-    wal: Wal,
-    store: Arc<Store>,
-    lessor: Arc<Lessor>,
-    term: u64,
-    next_index: u64,
-    durable_every_entries: u64,
-    applied_since_durable: u64,
-    revisions: watch::Sender<Published>,
-}
-
-type Batch = Vec<(Request, oneshot::Sender<Result<Response, ServerError>>)>;
-
-impl Writer {
-    fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        failure: watch::Sender<Option<String>>,
-    ) {
-        let mut stopping = false;
-        while !stopping {
-            let Some(first) = commands.blocking_recv() else {
-                break;
-            };
-            let mut entries = Vec::new();
-            let mut batch: Batch = Vec::new();
-            let mut batch_bytes = 0;
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Propose {
-                        data,
-                        request,
-                        responder,
-                    } => {
-                        batch_bytes += data.len();
-                        entries.push(Entry {
-                            term: self.term,
-                            index: self.next_index + entries.len() as u64,
-                            data,
-                        });
-                        batch.push((request, responder));
-                    }
-                    Command::Stop => {
-                        stopping = true;
-                        break;
-                    }
-                }
-                if entries.len() < ENTRIES_PER_BATCH_MAX && batch_bytes < BATCH_BYTES_MAX {
-                    next = commands.try_recv().ok();
-                }
-            }
-            if let Err(reason) = self.write_and_apply(entries, batch) {
-                tracing::error!(%reason, "storage failed; the member stops");
-                let _ = failure.send(Some(reason));
-                return;
-            }
-        }
-        if let Err(error) = self.store.sync() {
-            tracing::error!(%error, "could not make the store durable at shutdown; the log will be replayed");
-        }
-        tracing::info!("writer stopped");
-    }
-
-    fn write_and_apply(&mut self, entries: Vec<Entry>, batch: Batch) -> Result<(), String> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        // Durable before anything is applied or answered: an answered write survives a crash.
-        let written = self
-            .wal
-            .append_entries(&entries)
-            .and_then(|()| self.wal.sync());
-        if let Err(error) = written {
-            for (_, responder) in batch {
-                let _ = responder.send(Err(ServerError::Stopped));
-            }
-            return Err(format!("write-ahead log: {error}"));
-        }
-        self.next_index += entries.len() as u64;
-        let revision_before = self.store.revision();
-        for (entry, (request, responder)) in entries.iter().zip(batch) {
-            let result = apply(&self.store, &self.lessor, entry.index, &request);
-            if let Err(ServerError::Fatal(reason)) = &result {
-                let reason = reason.clone();
-                let _ = responder.send(Err(ServerError::Stopped));
-                return Err(format!("applying entry {}: {reason}", entry.index));
-            }
-            let _ = responder.send(result);
-        }
-        let revision = self.store.revision();
-        if revision != revision_before {
-            // One read of the batch's changes here saves every watch stream its own.
-            let recent = match self.store.changes(revision_before + 1, RECENT_CHANGES_MAX) {
-                Ok(changes) if changes.through_revision == revision => Some(Arc::new(changes)),
-                Ok(_) => None,
-                Err(error) => return Err(format!("reading the changes just applied: {error}")),
-            };
-            self.revisions.send_replace(Published { revision, recent });
-        }
-        self.applied_since_durable += entries.len() as u64;
-        if self.applied_since_durable >= self.durable_every_entries {
-            self.store
-                .sync()
-                .map_err(|error| format!("store: {error}"))?;
-            self.applied_since_durable = 0;
-            let keep_from = self
-                .store
-                .consistent_index()
-                .saturating_sub(CATCH_UP_ENTRIES);
-            self.wal
-                .release_before(keep_from)
-                .map_err(|error| format!("releasing old log: {error}"))?;
-        }
-        Ok(())
     }
 }

@@ -50,7 +50,10 @@ impl Quota {
             Request::Txn(txn) => txn_cost(txn),
             // etcd charges a grant for the lease record it will store.
             Request::LeaseGrant(_) => 16,
-            Request::DeleteRange(_) | Request::Compaction(_) | Request::LeaseRevoke(_) => 0,
+            Request::DeleteRange(_)
+            | Request::Compaction(_)
+            | Request::LeaseRevoke(_)
+            | Request::Auth(_) => 0,
         } as u64;
         if cost == 0 {
             return Ok(());

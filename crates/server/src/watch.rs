@@ -89,8 +89,12 @@ impl Watcher {
 /// The client went away; the stream ends.
 struct Gone;
 
+/// Decides whether a stream may watch `[key, range_end)`; `Err` is the cancel reason.
+pub type WatchPermit = Box<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync>;
+
 struct WatchStream {
     node: Arc<Node>,
+    permit: WatchPermit,
     config: WatchConfig,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -104,12 +108,14 @@ pub async fn serve_stream(
     config: WatchConfig,
     mut requests: impl Stream<Item = Result<WatchRequest, Status>> + Unpin,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
+    permit: WatchPermit,
 ) {
     let revisions = node.subscribe_revisions();
     let mut ticker = tokio::time::interval(config.progress_interval);
     ticker.tick().await;
     let mut stream = WatchStream {
         node,
+        permit,
         config,
         watchers: BTreeMap::new(),
         next_id: 0,
@@ -194,6 +200,9 @@ impl WatchStream {
             cancel_reason: reason.to_string(),
             ..WatchResponse::default()
         };
+        if let Err(reason) = (self.permit)(&create.key, &create.range_end) {
+            return self.send(refuse(&reason)).await;
+        }
         // etcd's checks: a range must not be empty, a chosen id must be free.
         if let RangeEnd::Before(end) = RangeEnd::from_request(&create.range_end) {
             if create.key.as_slice() >= end {

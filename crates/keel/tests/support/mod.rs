@@ -78,6 +78,26 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Like `spawn`, but appends to the log instead of truncating it.
+    fn spawn_appending(what: &'static str, mut command: Command, log: PathBuf) -> Process {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the server log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone the log handle"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {what}: {error}"));
+        Process {
+            child: Some(child),
+            log,
+            what,
+        }
+    }
+
     /// Waits until `port` accepts connections; panics with the server's log otherwise.
     fn wait_ready(&mut self, port: u16) {
         let deadline = Instant::now() + START_TIMEOUT;
@@ -315,5 +335,143 @@ pub fn etcdctl_with_stdin(endpoint: &str, args: &[&str], stdin: &[u8]) -> Output
         status: status.code(),
         stdout: read(&paths[1]),
         stderr: read(&paths[2]),
+    }
+}
+
+/// A cluster of `keel` members on loopback, each with its own data dir and ports.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    members: Vec<ClusterMember>,
+    initial_cluster: String,
+    extra: Vec<String>,
+}
+
+struct ClusterMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<Process>,
+}
+
+impl Cluster {
+    /// Starts `size` members with extra flags (e.g. shorter election timeouts).
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let members: Vec<ClusterMember> = (0..size)
+            .map(|index| ClusterMember {
+                name: format!("m{index}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                process: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir,
+            members,
+            initial_cluster,
+            extra: extra.iter().map(|flag| (*flag).to_owned()).collect(),
+        };
+        for index in 0..size {
+            cluster.spawn(index);
+        }
+        for index in 0..size {
+            let port = cluster.members[index].client_port;
+            cluster.members[index]
+                .process
+                .as_mut()
+                .unwrap()
+                .wait_ready(port);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let member = &self.members[index];
+        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let data = self.dir.path().join(&member.name);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "keel-test"])
+            .args(&self.extra);
+        let log = self.dir.path().join(format!("{}.log", member.name));
+        // Append across restarts, so a failing test shows every run of the member.
+        let process = Process::spawn_appending("keel", command, log);
+        self.members[index].process = Some(process);
+    }
+
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn endpoint(&self, index: usize) -> String {
+        format!("127.0.0.1:{}", self.members[index].client_port)
+    }
+
+    pub fn endpoints(&self) -> String {
+        (0..self.size())
+            .map(|index| self.endpoint(index))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.members[index].process.is_some()
+    }
+
+    pub fn log(&self, index: usize) -> String {
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.log", self.members[index].name));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(&self.members[index].name)
+    }
+
+    /// `kill -9` one member.
+    pub fn kill_9(&mut self, index: usize) {
+        if let Some(mut process) = self.members[index].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts a killed member again on its data dir.
+    pub fn restart(&mut self, index: usize) {
+        self.kill_9(index);
+        self.spawn(index);
+        let port = self.members[index].client_port;
+        self.members[index]
+            .process
+            .as_mut()
+            .unwrap()
+            .wait_ready(port);
+    }
+
+    /// The pid of a running member (for SIGSTOP / SIGCONT).
+    pub fn pid(&self, index: usize) -> u32 {
+        self.members[index]
+            .process
+            .as_ref()
+            .expect("running")
+            .child
+            .as_ref()
+            .expect("running")
+            .id()
     }
 }

@@ -225,6 +225,11 @@ pub struct Cluster {
     /// that never learns of its removal keeps timing out and disrupting the cluster with
     /// higher terms (a known Raft limitation that check-quorum's vote lease fixes).
     pub decommission_removed: bool,
+    /// Every message sent, when `record_messages` is set (for tests that count them).
+    pub record_messages: bool,
+    /// How often interesting things happened, to confirm the random runs cover them.
+    pub coverage: BTreeMap<&'static str, u64>,
+    pub sent: Vec<Message>,
     /// Compact a node's log once it has applied this many entries past its snapshot.
     pub compact_after_entries: u64,
 }
@@ -288,6 +293,9 @@ impl Cluster {
             next_read: 0,
             trace: std::env::var_os("KEEL_SIM_TRACE").is_some(),
             removed: BTreeSet::new(),
+            record_messages: false,
+            coverage: BTreeMap::new(),
+            sent: Vec::new(),
             decommission_removed: !options.check_quorum,
             compact_after_entries: u64::MAX,
         };
@@ -338,8 +346,16 @@ impl Cluster {
         }
         let node = self.nodes.get_mut(&id).expect("known node");
         if let Some(raw) = node.raw.take() {
+            let lost = raw.has_ready();
             node.crashed_storage = Some(raw.into_storage());
             node.restarts += 1;
+            *self.coverage.entry("crashes").or_default() += 1;
+            if lost {
+                *self
+                    .coverage
+                    .entry("crashes losing unpersisted state")
+                    .or_default() += 1;
+            }
         }
     }
 
@@ -412,6 +428,8 @@ impl Cluster {
         }
         let mut payloads = Vec::new();
         let mut removed = Vec::new();
+        let mut applied_conf_changes = 0;
+        let installed_snapshot = ready.snapshot.is_some();
         for entry in &ready.committed_entries {
             assert_eq!(
                 entry.index,
@@ -426,6 +444,7 @@ impl Cluster {
                     let change = ConfChange::decode(&entry.data)
                         .unwrap_or_else(|e| panic!("seed {seed}: bad conf change: {e}"));
                     node.raw_mut().apply_conf_change(&change);
+                    applied_conf_changes += 1;
                     if change.kind == ConfChangeKind::RemoveNode {
                         removed.push(change.node_id);
                     }
@@ -465,6 +484,10 @@ impl Cluster {
         }
         self.maybe_compact(id);
         self.observe(id);
+        *self.coverage.entry("conf changes applied").or_default() += applied_conf_changes;
+        if installed_snapshot {
+            *self.coverage.entry("snapshots installed").or_default() += 1;
+        }
         for gone in removed {
             self.removed.insert(gone);
             if self.decommission_removed {
@@ -481,7 +504,7 @@ impl Cluster {
             return;
         };
         let first = raw.storage().first_index().expect("memory");
-        if raw.has_ready() || node.applied_index < first + threshold {
+        if raw.has_ready() || node.applied_index < first.saturating_add(threshold) {
             return;
         }
         // The configuration now is the one at the applied index: every conf change up to it
@@ -513,6 +536,7 @@ impl Cluster {
             "seed {seed}: ReadIndex answered {index}, beyond any commit index"
         );
         self.checker.reads_answered += 1;
+        *self.coverage.entry("reads answered").or_default() += 1;
     }
 
     fn max_commit_now(&self) -> u64 {
@@ -542,6 +566,7 @@ impl Cluster {
                 raw.status().last_index
             );
         }
+        let was_leader = node.observed_roles.1 == Role::Leader;
         node.observed_roles = roles;
         assert!(
             hard.commit >= node.observed_commit,
@@ -562,6 +587,9 @@ impl Cluster {
             }
             node.observed_commit = hard.commit;
             self.checker.max_commit = self.checker.max_commit.max(hard.commit);
+        }
+        if soft.role == Role::Leader && !was_leader {
+            *self.coverage.entry("leaders elected").or_default() += 1;
         }
         if soft.role == Role::Leader {
             let known = *self.checker.leaders.entry(hard.term).or_insert(id);
@@ -601,6 +629,9 @@ impl Cluster {
     // Network.
 
     pub fn send(&mut self, message: Message) {
+        if self.record_messages {
+            self.sent.push(message.clone());
+        }
         let delay = if self.faults.max_delay_substeps == 0 {
             0
         } else {
@@ -653,6 +684,12 @@ impl Cluster {
                 }
             }
             return;
+        }
+        if message.kind == MessageKind::TimeoutNow {
+            *self
+                .coverage
+                .entry("transfers (TimeoutNow delivered)")
+                .or_default() += 1;
         }
         let receiver = self.nodes.get_mut(&to).expect("checked").raw_mut();
         // Errors are dropped forwarded requests; a real runtime would log them.

@@ -10,6 +10,7 @@ use keel_api::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use crate::apply::{self, Response as Applied};
+use crate::auth::Auth;
 use crate::request::Request as Proposal;
 use crate::{range, validate, Node};
 
@@ -17,11 +18,16 @@ use crate::{range, validate, Node};
 pub struct KvService {
     node: Arc<Node>,
     max_txn_ops: usize,
+    auth: Arc<Auth>,
 }
 
 impl KvService {
-    pub fn new(node: Arc<Node>, max_txn_ops: usize) -> KvService {
-        KvService { node, max_txn_ops }
+    pub fn new(node: Arc<Node>, max_txn_ops: usize, auth: Arc<Auth>) -> KvService {
+        KvService {
+            node,
+            max_txn_ops,
+            auth,
+        }
     }
 
     fn respond<T>(
@@ -47,16 +53,20 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        validate::check_range(request.get_ref())?;
+        self.auth.check(&request)?;
         let request = request.into_inner();
-        validate::check_range(&request)?;
-        // One member: every acknowledged write is applied, so local state is linearizable.
+        if !request.serializable {
+            self.node.read_barrier().await?;
+        }
         let response = range::range(self.node.store(), &request)?;
         self.respond(response, |response| &mut response.header)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        validate::check_put(request.get_ref())?;
+        self.auth.check(&request)?;
         let request = request.into_inner();
-        validate::check_put(&request)?;
         let applied = self.node.propose(Proposal::Put(request)).await?;
         let response = expect(applied, |applied| match applied {
             Applied::Put(response) => Some(response),
@@ -69,8 +79,9 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        validate::check_delete(request.get_ref())?;
+        self.auth.check(&request)?;
         let request = request.into_inner();
-        validate::check_delete(&request)?;
         let applied = self.node.propose(Proposal::DeleteRange(request)).await?;
         let response = expect(applied, |applied| match applied {
             Applied::DeleteRange(response) => Some(response),
@@ -80,10 +91,15 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        validate::check_txn(request.get_ref(), self.max_txn_ops)?;
+        self.auth.check(&request)?;
         let request = request.into_inner();
-        validate::check_txn(&request, self.max_txn_ops)?;
         let response = if apply::is_read_only(&request) {
-            // etcd serves read-only transactions without the log, as it serves ranges.
+            // etcd serves read-only transactions without the log, as it serves ranges:
+            // linearizable unless every range in it is serializable.
+            if !apply::is_serializable(&request) {
+                self.node.read_barrier().await?;
+            }
             apply::read_only_txn(self.node.store(), &request)?
         } else {
             let applied = self.node.propose(Proposal::Txn(request)).await?;
@@ -99,6 +115,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        self.auth.check(&request)?;
         let applied = self
             .node
             .propose(Proposal::Compaction(request.into_inner()))

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::apply::Response as Applied;
+use crate::auth::Auth;
 use crate::lease::LEASE_TTL_SECS_MAX;
 use crate::request::Request as Proposal;
 use crate::Node;
@@ -27,11 +28,12 @@ const KEEP_ALIVES_QUEUED_MAX: usize = 64;
 #[derive(Debug, Clone)]
 pub struct LeaseService {
     node: Arc<Node>,
+    auth: Arc<Auth>,
 }
 
 impl LeaseService {
-    pub fn new(node: Arc<Node>) -> LeaseService {
-        LeaseService { node }
+    pub fn new(node: Arc<Node>, auth: Arc<Auth>) -> LeaseService {
+        LeaseService { node, auth }
     }
 }
 
@@ -43,6 +45,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.auth.check_lease(&request, None)?;
         let mut request = request.into_inner();
         if request.ttl > LEASE_TTL_SECS_MAX {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -62,11 +65,13 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let request = request.into_inner();
         // etcd answers an unknown lease before proposing anything.
-        if !self.node.lessor().exists(request.id) {
+        if !self.node.lessor().exists(request.get_ref().id) {
             return Err(EtcdError::LeaseNotFound.into());
         }
+        self.auth
+            .check_lease(&request, Some(request.get_ref().id))?;
+        let request = request.into_inner();
         let applied = self.node.propose(Proposal::LeaseRevoke(request)).await?;
         let Applied::LeaseRevoke(mut response) = applied else {
             unreachable!("a revoke is answered with a revoke response")
@@ -104,6 +109,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.auth.check_lease(&request, None)?;
+        let metadata =
+            tonic::Request::from_parts(request.metadata().clone(), Default::default(), ());
         let request = request.into_inner();
         let store = self.node.store();
         let holds = |key: &[u8]| {
@@ -112,17 +120,23 @@ impl Lease for LeaseService {
                 .is_ok_and(|found| found.kvs.first().is_some_and(|kv| kv.lease == request.id))
         };
         let response = match self.node.lessor().status(request.id, holds) {
-            Some(status) => LeaseTimeToLiveResponse {
-                header: Some(self.node.header(0)),
-                id: request.id,
-                ttl: status.remaining_secs,
-                granted_ttl: status.granted_secs,
-                keys: if request.keys {
-                    status.keys
-                } else {
-                    Vec::new()
-                },
-            },
+            Some(status) => {
+                if request.keys {
+                    // Listing the keys reads them (etcd 3.5).
+                    self.auth.check_read_keys(&metadata, &status.keys)?;
+                }
+                LeaseTimeToLiveResponse {
+                    header: Some(self.node.header(0)),
+                    id: request.id,
+                    ttl: status.remaining_secs,
+                    granted_ttl: status.granted_secs,
+                    keys: if request.keys {
+                        status.keys
+                    } else {
+                        Vec::new()
+                    },
+                }
+            }
             // etcd reports an unknown lease as TTL -1, not as an error.
             None => LeaseTimeToLiveResponse {
                 header: Some(self.node.header(0)),

@@ -7,6 +7,7 @@ use keel_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
 use super::unimplemented::{not_yet, BoxStream};
+use crate::auth::Auth;
 use crate::Node;
 
 /// The etcd version Keel reports, so tools that check the server's version accept it.
@@ -15,11 +16,13 @@ pub const ETCD_COMPATIBLE_VERSION: &str = "3.5.17";
 #[derive(Debug, Clone)]
 pub struct MaintenanceService {
     node: Arc<Node>,
+    /// Status and Alarm are open to everyone, as in etcd 3.4; the rest needs a root user.
+    auth: Arc<Auth>,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<Node>) -> MaintenanceService {
-        MaintenanceService { node }
+    pub fn new(node: Arc<Node>, auth: Arc<Auth>) -> MaintenanceService {
+        MaintenanceService { node, auth }
     }
 }
 
@@ -83,8 +86,8 @@ impl Maintenance for MaintenanceService {
             header: Some(self.node.header(0)),
             version: ETCD_COMPATIBLE_VERSION.to_string(),
             db_size,
-            leader: self.node.identity().member_id,
-            raft_index: index,
+            leader: self.node.leader(),
+            raft_index: self.node.last_index(),
             raft_term: self.node.term(),
             raft_applied_index: index,
             errors,
@@ -96,37 +99,46 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.auth.check_admin(&request)?;
         Err(not_yet("Maintenance.Defragment", 3))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.auth.check_admin(&request)?;
         Err(not_yet("Maintenance.Hash", 3))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        self.auth.check_admin(&request)?;
         Err(not_yet("Maintenance.HashKV", 3))
     }
 
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.auth.check_admin(&request)?;
         Err(not_yet("Maintenance.Snapshot", 3))
     }
 
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.auth.check_admin(&request)?;
         Err(not_yet("Maintenance.MoveLeader", 3))
     }
 
     async fn downgrade(
         &self,
-        _: Request<DowngradeRequest>,
+        request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        self.auth.check_admin(&request)?;
         Err(not_yet("Maintenance.Downgrade", 3))
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC layer: thin handlers that check a request, call the node, map errors through the
 //! one table (`ServerError` → `EtcdError` → status) and fill the response header.
 
+mod auth;
 mod cluster;
 mod kv;
 mod lease;
@@ -22,6 +23,7 @@ use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
+pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use lease::LeaseService;
@@ -29,6 +31,7 @@ pub use maintenance::{MaintenanceService, ETCD_COMPATIBLE_VERSION};
 pub use unimplemented::{not_yet, NotYet};
 pub use watch::WatchService;
 
+use crate::auth::Auth;
 use crate::watch::WatchConfig;
 use crate::Node;
 
@@ -42,6 +45,8 @@ pub struct GrpcConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub watch: WatchConfig,
+    /// The member's authentication (shared by every listener: simple tokens live in it).
+    pub auth: Arc<Auth>,
 }
 
 /// Serves every etcd v3 service on `listener` until `shutdown` resolves.
@@ -64,22 +69,29 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(limits!(KvServer::new(KvService::new(
             Arc::clone(&node),
-            config.max_txn_ops
+            config.max_txn_ops,
+            Arc::clone(&config.auth)
         ))))
         .add_service(limits!(MaintenanceServer::new(MaintenanceService::new(
-            Arc::clone(&node)
+            Arc::clone(&node),
+            Arc::clone(&config.auth)
         ))))
         .add_service(limits!(ClusterServer::new(ClusterService::new(
             Arc::clone(&node)
         ))))
         .add_service(limits!(WatchServer::new(WatchService::new(
             Arc::clone(&node),
-            config.watch.clone()
+            config.watch.clone(),
+            Arc::clone(&config.auth)
         ))))
-        .add_service(limits!(LeaseServer::new(LeaseService::new(Arc::clone(
-            &node
-        )))))
-        .add_service(limits!(AuthServer::new(NotYet)))
+        .add_service(limits!(LeaseServer::new(LeaseService::new(
+            Arc::clone(&node),
+            Arc::clone(&config.auth)
+        ))))
+        .add_service(limits!(AuthServer::new(AuthService::new(
+            Arc::clone(&node),
+            Arc::clone(&config.auth)
+        ))))
         .add_service(limits!(ElectionServer::new(NotYet)))
         .add_service(limits!(LockServer::new(NotYet)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -89,4 +101,19 @@ pub async fn serve(
 /// Binds `address` for [`serve`].
 pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address).await
+}
+
+/// Serves the peer transport (Raft messages from the other members) until `shutdown`.
+pub async fn serve_peers(
+    service: crate::transport::PeerService,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(
+            keel_api::keelraftpb::raft_server::RaftServer::new(service)
+                .max_decoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
 }

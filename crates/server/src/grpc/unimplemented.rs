@@ -5,8 +5,6 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use keel_api::etcdserverpb::auth_server::Auth;
-use keel_api::etcdserverpb::*;
 use keel_api::v3electionpb::election_server::Election;
 use keel_api::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -25,7 +23,7 @@ pub fn not_yet(rpc: &str, issue: u32) -> Status {
     ))
 }
 
-/// Serves Watch, Lease, Auth, Election and Lock until their issues land.
+/// Serves Election and Lock until their issues land.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NotYet;
 
@@ -46,30 +44,6 @@ macro_rules! not_yet_service {
         }
     };
 }
-
-not_yet_service!(Auth, "Auth", 5,
-    streams {}
-    unary {
-        auth_enable: AuthEnableRequest => AuthEnableResponse;
-        auth_disable: AuthDisableRequest => AuthDisableResponse;
-        auth_status: AuthStatusRequest => AuthStatusResponse;
-        authenticate: AuthenticateRequest => AuthenticateResponse;
-        user_add: AuthUserAddRequest => AuthUserAddResponse;
-        user_get: AuthUserGetRequest => AuthUserGetResponse;
-        user_list: AuthUserListRequest => AuthUserListResponse;
-        user_delete: AuthUserDeleteRequest => AuthUserDeleteResponse;
-        user_change_password: AuthUserChangePasswordRequest => AuthUserChangePasswordResponse;
-        user_grant_role: AuthUserGrantRoleRequest => AuthUserGrantRoleResponse;
-        user_revoke_role: AuthUserRevokeRoleRequest => AuthUserRevokeRoleResponse;
-        role_add: AuthRoleAddRequest => AuthRoleAddResponse;
-        role_get: AuthRoleGetRequest => AuthRoleGetResponse;
-        role_list: AuthRoleListRequest => AuthRoleListResponse;
-        role_delete: AuthRoleDeleteRequest => AuthRoleDeleteResponse;
-        role_grant_permission: AuthRoleGrantPermissionRequest => AuthRoleGrantPermissionResponse;
-        role_revoke_permission: AuthRoleRevokePermissionRequest => AuthRoleRevokePermissionResponse;
-    }
-    streaming {}
-);
 
 // Election and Lock are built on leases and watches, so they follow issue 4.
 not_yet_service!(Election, "Election", 4,

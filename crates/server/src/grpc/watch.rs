@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Auth;
 use crate::watch::{serve_stream, WatchConfig, RESPONSES_QUEUED_MAX};
 use crate::Node;
 
@@ -15,11 +16,12 @@ use crate::Node;
 pub struct WatchService {
     node: Arc<Node>,
     config: WatchConfig,
+    auth: Arc<Auth>,
 }
 
 impl WatchService {
-    pub fn new(node: Arc<Node>, config: WatchConfig) -> WatchService {
-        WatchService { node, config }
+    pub fn new(node: Arc<Node>, config: WatchConfig, auth: Arc<Auth>) -> WatchService {
+        WatchService { node, config, auth }
     }
 }
 
@@ -32,11 +34,14 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (sender, receiver) = mpsc::channel(RESPONSES_QUEUED_MAX);
+        // Each watcher's range is checked when it is created, with the stream's token.
+        let permit = self.auth.watch_permit(request.metadata().clone());
         tokio::spawn(serve_stream(
             Arc::clone(&self.node),
             self.config.clone(),
             request.into_inner(),
             sender,
+            permit,
         ));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }

@@ -4,6 +4,9 @@
 //! protobuf encoding of `mvccpb.KeyValue` (for a tombstone, only the key is set).
 //! `meta`: name → u64 (signed values stored as their two's-complement bits).
 //! `leases`: lease id → granted TTL in seconds.
+//! `auth_users`: user name → protobuf encoding of `authpb.User` (the password as a bcrypt hash).
+//! `auth_roles`: role name → protobuf encoding of `authpb.Role`.
+//! The auth store's switch and revision are `meta` keys (`auth_enabled`, `auth_revision`).
 
 use keel_api::mvccpb::KeyValue;
 use prost::Message;
@@ -17,8 +20,17 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// lease holds is not stored: each key's record names its lease.
 pub const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
-/// Format of the tables above; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Users of the auth store: name → `authpb.User`, encoded by the server (the store keeps bytes).
+pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
+/// Roles of the auth store: name → `authpb.Role`, encoded by the server.
+pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");
+
+/// Format of the tables above; bumped on any incompatible change. Version 2 added the auth
+/// tables; a version 1 store is upgraded in place (it has no auth state, which is what an empty
+/// pair of tables means).
+pub const SCHEMA_VERSION: u64 = 2;
+/// The oldest format this build opens (and upgrades).
+pub const SCHEMA_VERSION_UPGRADABLE: u64 = 1;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// Index of the last log entry whose effects are in this database (etcd's consistent index).
 pub const META_CONSISTENT_INDEX: &str = "consistent_index";
@@ -26,6 +38,11 @@ pub const META_CONSISTENT_INDEX: &str = "consistent_index";
 pub const META_COMPACT_REVISION: &str = "compact_revision";
 /// The newest revision, kept so that compaction of every record can't make it go backwards.
 pub const META_CURRENT_REVISION: &str = "current_revision";
+/// 1 while authentication is enabled (missing: disabled).
+pub const META_AUTH_ENABLED: &str = "auth_enabled";
+/// The auth store's revision: it moves on every change of users, roles or permissions (missing:
+/// never changed).
+pub const META_AUTH_REVISION: &str = "auth_revision";
 
 const KIND_PUT: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;

@@ -13,12 +13,14 @@
 //! - the stored consistent index names the last log entry whose effects the backend holds, so
 //!   replaying later entries (which is deterministic) rebuilds the rest after a crash.
 
+mod auth_tables;
 mod backend;
 mod error;
 mod key_index;
 mod revision;
 mod store;
 
+pub use auth_tables::{AuthTable, StoredAuth};
 pub use error::MvccError;
 pub use key_index::{KeyAt, KeyIndex, RangeEnd, TreeIndex};
 pub use revision::Revision;

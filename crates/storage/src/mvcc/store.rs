@@ -57,11 +57,14 @@ pub trait ReadView {
 }
 
 #[derive(Debug)]
-struct State {
+pub(super) struct State {
     index: TreeIndex,
     current_revision: i64,
     compact_revision: i64,
     consistent_index: u64,
+    /// Commits that changed the auth tables since the store was opened (in memory only), so
+    /// readers of the auth state know cheaply when to read it again.
+    pub(super) auth_version: u64,
 }
 
 /// The compacted revision of a store never compacted (etcd's initial `compactMainRev`). Reads and
@@ -71,7 +74,7 @@ pub const NEVER_COMPACTED: i64 = -1;
 
 /// The multi-version key-value store.
 pub struct Store {
-    db: Database,
+    pub(super) db: Database,
     state: RwLock<State>,
 }
 
@@ -99,6 +102,9 @@ impl Store {
                     meta.insert(backend::META_SCHEMA_VERSION, backend::SCHEMA_VERSION)?;
                 }
                 Some(backend::SCHEMA_VERSION) => {}
+                Some(backend::SCHEMA_VERSION_UPGRADABLE) => {
+                    meta.insert(backend::META_SCHEMA_VERSION, backend::SCHEMA_VERSION)?;
+                }
                 Some(other) => {
                     return Err(MvccError::Corrupt(format!(
                         "schema version {other}; this build reads version {}",
@@ -108,6 +114,7 @@ impl Store {
             }
             write.open_table(KV)?;
             write.open_table(LEASES)?;
+            super::auth_tables::create_tables(&write)?;
             let read = |name, missing: u64| -> Result<u64, MvccError> {
                 Ok(meta.get(name)?.map_or(missing, |value| value.value()))
             };
@@ -156,6 +163,7 @@ impl Store {
                 .max(1),
             compact_revision,
             consistent_index,
+            auth_version: 0,
         };
         tracing::info!(
             revision = state.current_revision,
@@ -170,7 +178,7 @@ impl Store {
         })
     }
 
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+    pub(super) fn read_state(&self) -> RwLockReadGuard<'_, State> {
         self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -244,6 +252,7 @@ impl Store {
             begin_revision,
             changes: 0,
             lease_changes: false,
+            auth_changes: false,
             consistent_index,
         })
     }
@@ -416,12 +425,15 @@ impl ReadView for ReadTxn<'_> {
 /// The changes of one log entry: every put and delete in it share one main revision.
 pub struct WriteTxn<'a> {
     state: RwLockWriteGuard<'a, State>,
-    txn: WriteTransaction,
+    pub(super) txn: WriteTransaction,
     begin_revision: i64,
     /// Changes so far; the next change's sub revision.
     changes: i64,
     /// Leases granted or revoked: the transaction must commit even without key changes.
     lease_changes: bool,
+    /// Users, roles or the auth switch changed: the transaction must commit even without key
+    /// changes.
+    pub(super) auth_changes: bool,
     consistent_index: u64,
 }
 
@@ -499,12 +511,15 @@ impl WriteTxn<'_> {
         if self.changes > 0 {
             self.state.current_revision = self.begin_revision + 1;
         }
-        if self.changes > 0 || self.lease_changes || durable {
+        if self.changes > 0 || self.lease_changes || self.auth_changes || durable {
             if durable {
                 self.txn.set_durability(Durability::Immediate)?;
             }
             write_meta(&self.txn, &self.state)?;
             self.txn.commit()?;
+            if self.auth_changes {
+                self.state.auth_version += 1;
+            }
         } else {
             self.txn.abort()?;
         }

@@ -1,0 +1,272 @@
+//! The peer transport: Raft messages between members over gRPC (`keelraftpb.Raft/Send`).
+//!
+//! Each peer has a sender task with a bounded queue; the Raft thread hands it messages without
+//! waiting, and a full queue (a slow or unreachable peer) drops them, which Raft tolerates (it
+//! retries by protocol) and is told about through `report_unreachable`. The receiving side
+//! refuses batches from another cluster, so members of two clusters can't be mixed up.
+
+use std::collections::HashMap;
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use keel_api::keelraftpb::raft_client::RaftClient;
+use keel_api::keelraftpb::raft_server::Raft;
+use keel_api::keelraftpb::{self as pb, Envelope, SendResponse};
+use keel_raft::{ConfState, Entry, EntryKind, Message, MessageKind, Snapshot, SnapshotMetadata};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::replica::Input;
+
+/// Messages queued for one peer before new ones are dropped.
+const MESSAGES_QUEUED_PER_PEER_MAX: usize = 4096;
+/// Messages sent in one envelope at most.
+const MESSAGES_PER_ENVELOPE_MAX: usize = 256;
+/// Wait before reconnecting to a peer that failed.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+const KINDS: [MessageKind; 14] = [
+    MessageKind::Propose,
+    MessageKind::Append,
+    MessageKind::AppendResponse,
+    MessageKind::RequestVote,
+    MessageKind::RequestVoteResponse,
+    MessageKind::RequestPreVote,
+    MessageKind::RequestPreVoteResponse,
+    MessageKind::Snapshot,
+    MessageKind::Heartbeat,
+    MessageKind::HeartbeatResponse,
+    MessageKind::TransferLeader,
+    MessageKind::TimeoutNow,
+    MessageKind::ReadIndex,
+    MessageKind::ReadIndexResponse,
+];
+
+fn entry_to_wire(entry: &Entry) -> pb::Entry {
+    pb::Entry {
+        term: entry.term,
+        index: entry.index,
+        kind: u32::from(entry.kind == EntryKind::ConfChange),
+        data: entry.data.clone(),
+    }
+}
+
+fn entry_from_wire(entry: pb::Entry) -> Entry {
+    Entry {
+        term: entry.term,
+        index: entry.index,
+        kind: if entry.kind == 1 {
+            EntryKind::ConfChange
+        } else {
+            EntryKind::Normal
+        },
+        data: entry.data,
+    }
+}
+
+pub fn message_to_wire(message: &Message) -> pb::Message {
+    let kind = KINDS
+        .iter()
+        .position(|kind| *kind == message.kind)
+        .expect("every kind is listed") as u32;
+    pb::Message {
+        kind,
+        from: message.from,
+        to: message.to,
+        term: message.term,
+        log_term: message.log_term,
+        index: message.index,
+        entries: message.entries.iter().map(entry_to_wire).collect(),
+        commit: message.commit,
+        snapshot: message.snapshot.as_ref().map(|snapshot| pb::Snapshot {
+            metadata: Some(pb::SnapshotMetadata {
+                index: snapshot.metadata.index,
+                term: snapshot.metadata.term,
+                conf_state: Some(pb::ConfState {
+                    voters: snapshot.metadata.conf_state.voters.clone(),
+                    learners: snapshot.metadata.conf_state.learners.clone(),
+                }),
+            }),
+            data: snapshot.data.clone(),
+        }),
+        reject: message.reject,
+        reject_hint: message.reject_hint,
+        context: message.context.clone(),
+    }
+}
+
+/// Reads a message off the wire; None when its kind is unknown (a newer peer).
+pub fn message_from_wire(message: pb::Message) -> Option<Message> {
+    let kind = *KINDS.get(message.kind as usize)?;
+    Some(Message {
+        kind,
+        from: message.from,
+        to: message.to,
+        term: message.term,
+        log_term: message.log_term,
+        index: message.index,
+        entries: message.entries.into_iter().map(entry_from_wire).collect(),
+        commit: message.commit,
+        snapshot: message.snapshot.map(|snapshot| {
+            let metadata = snapshot.metadata.unwrap_or_default();
+            let conf_state = metadata.conf_state.unwrap_or_default();
+            Snapshot {
+                metadata: SnapshotMetadata {
+                    index: metadata.index,
+                    term: metadata.term,
+                    conf_state: ConfState {
+                        voters: conf_state.voters,
+                        learners: conf_state.learners,
+                    },
+                },
+                data: snapshot.data,
+            }
+        }),
+        reject: message.reject,
+        reject_hint: message.reject_hint,
+        context: message.context,
+    })
+}
+
+/// The receiving side: hands every message of this cluster to the Raft thread.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    cluster_id: u64,
+    inbox: SyncSender<Input>,
+}
+
+impl PeerService {
+    pub fn new(cluster_id: u64, inbox: SyncSender<Input>) -> PeerService {
+        PeerService { cluster_id, inbox }
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for PeerService {
+    async fn send(
+        &self,
+        request: Request<Streaming<Envelope>>,
+    ) -> Result<Response<SendResponse>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(envelope) = stream.message().await? {
+            if envelope.cluster_id != self.cluster_id {
+                tracing::warn!(
+                    from = format!("{:x}", envelope.from),
+                    their_cluster = format!("{:x}", envelope.cluster_id),
+                    our_cluster = format!("{:x}", self.cluster_id),
+                    "refused Raft messages from a member of another cluster"
+                );
+                return Err(EtcdErrorStatus::cluster_mismatch());
+            }
+            for message in envelope.messages.into_iter().filter_map(message_from_wire) {
+                // A full inbox drops the message: Raft retries by protocol.
+                if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) =
+                    self.inbox.try_send(Input::Step(message))
+                {
+                    return Err(Status::unavailable("etcdserver: server stopped"));
+                }
+            }
+        }
+        Ok(Response::new(SendResponse {}))
+    }
+}
+
+struct EtcdErrorStatus;
+
+impl EtcdErrorStatus {
+    fn cluster_mismatch() -> Status {
+        keel_api::EtcdError::ClusterIdMismatch.into()
+    }
+}
+
+/// The sending side: one task and queue per peer.
+#[derive(Debug)]
+pub struct Transport {
+    peers: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+impl Transport {
+    /// Starts a sender task for every peer (`id`, peer URLs). Needs a tokio runtime.
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        cluster_id: u64,
+        own_id: u64,
+        peers: Vec<(u64, Vec<String>)>,
+        inbox: SyncSender<Input>,
+    ) -> Transport {
+        let mut senders = HashMap::new();
+        for (id, urls) in peers {
+            let (sender, receiver) = mpsc::channel(MESSAGES_QUEUED_PER_PEER_MAX);
+            runtime.spawn(run_peer(
+                cluster_id,
+                own_id,
+                id,
+                urls,
+                receiver,
+                inbox.clone(),
+            ));
+            senders.insert(id, sender);
+        }
+        Transport { peers: senders }
+    }
+
+    /// Queues `message` for its peer; false when it was dropped (queue full or peer unknown).
+    pub fn send(&self, message: Message) -> bool {
+        match self.peers.get(&message.to) {
+            Some(sender) => sender.try_send(message).is_ok(),
+            None => false,
+        }
+    }
+}
+
+async fn run_peer(
+    cluster_id: u64,
+    own_id: u64,
+    peer_id: u64,
+    urls: Vec<String>,
+    mut queue: mpsc::Receiver<Message>,
+    inbox: SyncSender<Input>,
+) {
+    let mut url_index = 0;
+    loop {
+        let url = urls[url_index % urls.len()].clone();
+        url_index += 1;
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+            tracing::error!(%url, "invalid peer URL");
+            return;
+        };
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let mut client = RaftClient::new(channel).max_encoding_message_size(usize::MAX);
+        let (stream_sender, stream_receiver) = mpsc::channel::<Envelope>(16);
+        let call =
+            tokio::spawn(async move { client.send(ReceiverStream::new(stream_receiver)).await });
+        // Forward queued messages in envelopes until the stream breaks.
+        loop {
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut messages = vec![message_to_wire(&first)];
+            while messages.len() < MESSAGES_PER_ENVELOPE_MAX {
+                match queue.try_recv() {
+                    Ok(message) => messages.push(message_to_wire(&message)),
+                    Err(_) => break,
+                }
+            }
+            let envelope = Envelope {
+                cluster_id,
+                from: own_id,
+                messages,
+            };
+            if stream_sender.send(envelope).await.is_err() {
+                break;
+            }
+        }
+        let _ = call.await;
+        let _ = inbox.try_send(Input::Unreachable(peer_id));
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
