@@ -512,6 +512,65 @@ fn mismatched_or_missing_keys_are_refused_at_start() {
     }
 }
 
+/// Revoking a lease deletes its keys, so it needs write access to each of them (etcd's
+/// `checkLeasePuts`); and so does attaching a key to a lease that holds keys one can't write.
+fn lease_steps(endpoint: &str) -> Vec<Output> {
+    let run = |line: &str| {
+        let args: Vec<&str> = line.split(' ').collect();
+        etcdctl(endpoint, &args)
+    };
+    let mut seen = Vec::new();
+    for line in [
+        "user add root:rootpw",
+        "user grant-role root root",
+        "user add alice:alicepw",
+        "role add r",
+        "role grant-permission r readwrite foo --prefix",
+        "user grant-role alice r",
+        "auth enable",
+    ] {
+        assert_eq!(run(line).status, Some(0), "{line}");
+    }
+    let granted = run("--user root:rootpw lease grant 600");
+    let lease = granted
+        .stdout
+        .split(' ')
+        .nth(1)
+        .expect("lease id")
+        .to_owned();
+    for line in [
+        format!("--user root:rootpw put secret s --lease={lease}"),
+        format!("--user alice:alicepw put foo1 v --lease={lease}"),
+        format!("--user alice:alicepw lease revoke {lease}"),
+        format!("--user root:rootpw get secret"),
+        format!("--user root:rootpw lease revoke {lease}"),
+        format!("--user root:rootpw get secret"),
+    ] {
+        let mut output = run(&line);
+        output.stdout = output.stdout.replace(&lease, "<lease>");
+        output.stderr = output
+            .stderr
+            .lines()
+            .filter(|line| !line.starts_with("{\"level\""))
+            .map(|line| line.replace(&lease, "<lease>") + "\n")
+            .collect();
+        seen.push(output);
+    }
+    seen
+}
+
+#[test]
+fn lease_revocation_needs_write_access_to_the_keys_as_in_etcd() {
+    let (etcd, keel) = std::thread::scope(|scope| {
+        let etcd = scope.spawn(|| lease_steps(&Etcd::start().endpoint()));
+        let keel =
+            scope.spawn(|| lease_steps(&Keel::start_with(&["--bcrypt-cost", "4"]).endpoint()));
+        (etcd.join().unwrap(), keel.join().unwrap())
+    });
+    assert!(etcd[2].stderr.contains("permission denied"), "{etcd:?}");
+    assert_eq!(etcd, keel);
+}
+
 mod wire {
     //! Raw gRPC: the trailer that names why a token was refused, and a verify-only member.
 
@@ -648,6 +707,57 @@ mod wire {
             assert_eq!(
                 refused.message(),
                 "auth: token signing attempted with verify-only key"
+            );
+        });
+    }
+
+    #[test]
+    fn a_watch_needs_read_access_to_its_range() {
+        use keel_api::etcdserverpb::watch_client::WatchClient;
+        use keel_api::etcdserverpb::watch_request::RequestUnion;
+        use keel_api::etcdserverpb::{WatchCreateRequest, WatchRequest};
+
+        let keel = Keel::start_with(&["--bcrypt-cost", "4"]);
+        let endpoint = keel.endpoint();
+        works_with_tokens(&endpoint);
+        let create = |key: &str, range_end: &str| WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                ..Default::default()
+            })),
+        };
+        runtime().block_on(async {
+            let token = login(&endpoint, "alice", "alicepw").await.unwrap();
+            let mut watch = WatchClient::new(channel(&endpoint).await);
+            let requests = vec![create("other", ""), create("foo", "fop"), create("a", "z")];
+            let mut request = tonic::Request::new(tokio_stream::iter(requests));
+            request
+                .metadata_mut()
+                .insert("token", token.parse().unwrap());
+            let mut responses = watch.watch(request).await.unwrap().into_inner();
+            let denied = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let response = responses.message().await.unwrap().unwrap();
+                seen.push((response.created, response.canceled, response.cancel_reason));
+            }
+            assert_eq!(
+                seen,
+                [
+                    (true, true, denied.to_owned()),
+                    (true, false, String::new()),
+                    (true, true, denied.to_owned()),
+                ]
+            );
+            // Without a token: etcd's "user name is empty".
+            let mut watch = WatchClient::new(channel(&endpoint).await);
+            let request = tonic::Request::new(tokio_stream::iter(vec![create("foo", "")]));
+            let mut responses = watch.watch(request).await.unwrap().into_inner();
+            let response = responses.message().await.unwrap().unwrap();
+            assert_eq!(
+                response.cancel_reason,
+                "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
             );
         });
     }

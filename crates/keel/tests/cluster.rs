@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use keel_client::{Client, GetOptions, PutOptions};
-use support::Cluster;
+use support::{Background, Cluster};
 
 /// Short timeouts keep failover tests quick: 50 ms heartbeat, 500 ms election.
 const FAST: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
@@ -314,5 +314,58 @@ fn every_acknowledged_write_survives_killing_every_member_and_all_agree_after() 
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    });
+}
+
+#[test]
+fn a_registration_outlives_a_leader_failover_and_goes_when_its_service_dies() {
+    let mut cluster = Cluster::start(3, &FAST);
+    let runtime = runtime();
+    let leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
+    let keeper_member = (leader + 1) % 3;
+    let watcher_member = (leader + 2) % 3;
+    // The service registers through a follower and keeps its 5 s lease alive there.
+    let keeper_endpoint = cluster.endpoint(keeper_member);
+    let granted = support::etcdctl(&keeper_endpoint, &["lease", "grant", "5"]);
+    let id = granted
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    let mut keeper = Background::start(&keeper_endpoint, &["lease", "keep-alive", &id], None);
+    keeper.wait_for("keepalived", 1);
+    let lease = i64::from_str_radix(&id, 16).unwrap();
+
+    runtime.block_on(async {
+        let mut watcher = connect(&cluster.endpoint(watcher_member)).await;
+        let mut stream = watcher.watch_stream().await.unwrap();
+        stream
+            .create(keel_client::proto::WatchCreateRequest {
+                key: b"services/api/".to_vec(),
+                range_end: b"services/api0".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(stream.next().await.unwrap().unwrap().created);
+        let mut client = connect(&keeper_endpoint).await;
+        client.put("services/api/10.0.0.1:8080", "up", PutOptions::new().with_lease(lease)).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap().events[0].r#type, 0, "PUT seen");
+
+        // Kill the leader; the lease must not expire because of the election.
+        cluster.kill_9(leader);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let found = client.get("services/api/", GetOptions::new().with_prefix()).await.unwrap();
+        assert_eq!(found.count, 1, "the registration survived the failover");
+
+        // Kill the service: its registration goes within TTL + 2 s.
+        keeper.kill_9();
+        let killed = Instant::now();
+        let deleted = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(deleted.events[0].r#type, 1, "DELETE seen");
+        let after = killed.elapsed();
+        eprintln!("registration deleted {after:?} after its service was killed (3 members, leader killed before)");
+        assert!(after <= Duration::from_secs(7), "deleted after {after:?}");
     });
 }

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_client::proto::{
@@ -15,7 +14,7 @@ use keel_client::proto::{
 };
 use keel_client::{Client, GetOptions, PutOptions};
 use serde_json::Value;
-use support::{etcdctl, require, Etcd, Keel, ETCDCTL};
+use support::{etcdctl, Background, Etcd, Keel};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -23,68 +22,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A long-running etcdctl (watch, keep-alive) writing to a file; killed on drop.
-struct Background {
-    child: Child,
-    output: tempfile::NamedTempFile,
-}
-
-impl Background {
-    fn start(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Background {
-        require(ETCDCTL);
-        let output = tempfile::NamedTempFile::new().unwrap();
-        let mut command = Command::new(ETCDCTL);
-        command
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .args(args)
-            .stdout(output.reopen().unwrap())
-            .stderr(Stdio::null());
-        command.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        let mut child = command.spawn().unwrap();
-        if let Some(bytes) = stdin {
-            use std::io::Write;
-            child.stdin.as_mut().unwrap().write_all(bytes).unwrap();
-        }
-        Background { child, output }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(self.output.path()).unwrap_or_default()
-    }
-
-    /// Waits until the output holds `count` matches of `needle`.
-    fn wait_for(&self, needle: &str, count: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = self.text();
-            if text.matches(needle).count() >= count {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited for {count} x {needle:?}, got:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
 }
 
 /// etcdctl's JSON watch output with what legitimately differs between servers removed.
@@ -233,10 +170,13 @@ fn etcdctl_lease_commands_behave_like_etcd() {
             &["lease", "timetolive", &id, "--keys", "-w", "json"],
         );
         let value: Value = serde_json::from_str(json.trim()).unwrap();
-        transcript.push(format!(
-            "granted {} keys {}",
-            value["granted-ttl"], value["keys"]
-        ));
+        // etcd lists a lease's keys in Go map order (random): compare them sorted.
+        let mut keys: Vec<String> = value["keys"]
+            .as_array()
+            .map(|keys| keys.iter().map(|key| key.to_string()).collect())
+            .unwrap_or_default();
+        keys.sort();
+        transcript.push(format!("granted {} keys {keys:?}", value["granted-ttl"]));
         transcript.push(run(&endpoint, &["lease", "list"]));
         transcript.push(run(&endpoint, &["lease", "keep-alive", "--once", &id]));
         transcript.push(

@@ -383,16 +383,16 @@ impl<S: Storage> Raft<S> {
                 MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
                     self.become_follower(message.term, Some(message.from));
                 }
-                MessageKind::RequestVote => {
+                _ => {
                     // As in the Raft paper (not etcd), a higher term alone does not restart
-                    // the election timer: only granting the vote does. Otherwise a candidate
-                    // that can never win (stale log) keeps resetting the timers of the nodes
-                    // that could, and without pre-vote the cluster can stay leaderless.
+                    // the election timer: only the leader's messages and granting a vote do.
+                    // Otherwise a candidate that can never win (stale log) keeps resetting the
+                    // timers of the nodes that could, and without pre-vote the cluster can
+                    // stay leaderless (seed 6616).
                     let elapsed = self.election_elapsed;
                     self.become_follower(message.term, None);
                     self.election_elapsed = elapsed;
                 }
-                _ => self.become_follower(message.term, None),
             }
         } else if message.term < self.term {
             if matches!(message.kind, MessageKind::Heartbeat | MessageKind::Append) {
@@ -403,8 +403,19 @@ impl<S: Storage> Raft<S> {
                 // only under pre-vote / check-quorum.
                 let response = Message::new(MessageKind::AppendResponse, message.from);
                 self.send(response);
-            } else if message.kind == MessageKind::RequestPreVote {
-                let mut response = Message::new(MessageKind::RequestPreVoteResponse, message.from);
+            } else if matches!(
+                message.kind,
+                MessageKind::RequestVote | MessageKind::RequestPreVote
+            ) {
+                // Reject with our term, as the Raft paper does (etcd stays silent on stale
+                // votes): a candidate that never hears our term can trail it by one forever
+                // while it is the only one that can win (seed 50234).
+                let kind = if message.kind == MessageKind::RequestVote {
+                    MessageKind::RequestVoteResponse
+                } else {
+                    MessageKind::RequestPreVoteResponse
+                };
+                let mut response = Message::new(kind, message.from);
                 response.term = self.term;
                 response.reject = true;
                 self.send(response);

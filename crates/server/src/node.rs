@@ -5,6 +5,7 @@
 //! (ReadIndex) that this member has applied everything committed before the read began; a
 //! single-member cluster skips that, since it applies every write before answering it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -12,17 +13,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use keel_api::etcdserverpb::ResponseHeader;
+use keel_api::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader,
+};
+use keel_api::keelraftpb::raft_client::RaftClient;
 use keel_api::EtcdError;
 use keel_raft::{ConfState, Config, MemStorage, RawNode, Snapshot, SnapshotMetadata, Storage};
 use keel_storage::mvcc::Store;
 use keel_storage::wal::{HardState as WalHardState, SnapshotMarker, Wal, WalOptions};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
+use tonic::transport::Channel;
 
 use crate::apply::Response;
 use crate::data_dir::{stable_id, DataDir, DataDirError, Identity, MemberInfo};
-use crate::lease::{ttl_secs_min, Lessor};
+use crate::lease::{time_to_live, ttl_secs_min, Lessor};
 use crate::quota::Quota;
 use crate::replica::{from_wal_entry, hard_state_from_wal, Input, Replica, Shared};
 use crate::request::Request;
@@ -134,6 +139,8 @@ pub struct Node {
     /// Ids for requests (the top bits are the member's) and leases.
     request_ids: AtomicU64,
     lease_ids: AtomicU64,
+    /// Connections to peers' peer services, by member id.
+    peer_channels: Mutex<HashMap<u64, Channel>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -362,6 +369,7 @@ impl Node {
             lessor,
             request_ids: AtomicU64::new(first_id),
             lease_ids: AtomicU64::new(first_id),
+            peer_channels: Mutex::new(HashMap::new()),
         })
     }
 
@@ -408,7 +416,94 @@ impl Node {
 
     /// The receiving side of the peer transport, for the peer gRPC server.
     pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.identity.cluster_id, self.inbox.clone())
+        PeerService::new(
+            self.identity.cluster_id,
+            self.identity.member_id,
+            self.inbox.clone(),
+            Arc::clone(&self.shared),
+            Arc::clone(&self.lessor),
+            Arc::clone(&self.store),
+        )
+    }
+
+    /// A client of the leader's peer service, for calls only the leader answers.
+    fn leader_client(&self) -> Result<RaftClient<Channel>, ServerError> {
+        let leader = self.leader();
+        if leader == 0 {
+            return Err(EtcdError::NoLeader.into());
+        }
+        let mut channels = self
+            .peer_channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(&leader) {
+            return Ok(RaftClient::new(channel.clone()));
+        }
+        let url = self
+            .identity
+            .initial_members
+            .iter()
+            .find(|member| member.id == leader)
+            .and_then(|member| member.peer_urls.first())
+            .ok_or_else(|| {
+                ServerError::Fatal(format!("leader {leader:x} is not a known member"))
+            })?;
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|error| ServerError::Fatal(format!("leader URL {url}: {error}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        channels.insert(leader, channel.clone());
+        Ok(RaftClient::new(channel))
+    }
+
+    /// Renews lease `id` where its deadline is kept: here when leading, else at the leader.
+    /// Returns the TTL (0: the lease is unknown or expired).
+    pub async fn lease_renew(&self, id: i64) -> Result<i64, ServerError> {
+        if self.is_leader() {
+            return Ok(self.lessor.renew(id).unwrap_or(0));
+        }
+        let mut client = self.leader_client()?;
+        let response = client
+            .lease_keep_alive(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| ServerError::from(EtcdError::LeaderChanged))?;
+        Ok(response.into_inner().ttl)
+    }
+
+    /// TimeToLive as the leader sees it (remaining TTL is the leader's to tell).
+    pub async fn lease_time_to_live(
+        &self,
+        request: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, ServerError> {
+        if self.is_leader() || self.leader() == 0 {
+            let response = match time_to_live(&self.lessor, &self.store, request.id) {
+                Some(status) => LeaseTimeToLiveResponse {
+                    header: None,
+                    id: request.id,
+                    ttl: status.remaining_secs,
+                    granted_ttl: status.granted_secs,
+                    keys: if request.keys {
+                        status.keys
+                    } else {
+                        Vec::new()
+                    },
+                },
+                // etcd reports an unknown lease as TTL -1, not as an error.
+                None => LeaseTimeToLiveResponse {
+                    header: None,
+                    id: request.id,
+                    ttl: -1,
+                    ..Default::default()
+                },
+            };
+            return Ok(response);
+        }
+        let mut client = self.leader_client()?;
+        let response = client
+            .lease_time_to_live(request)
+            .await
+            .map_err(|_| ServerError::from(EtcdError::LeaderChanged))?;
+        Ok(response.into_inner())
     }
 
     /// A fresh positive lease id.

@@ -17,7 +17,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::replica::Input;
+use std::sync::Arc;
+
+use keel_api::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use keel_storage::mvcc::Store;
+
+use crate::lease::{time_to_live, Lessor};
+use crate::replica::{Input, Shared};
 
 /// Messages queued for one peer before new ones are dropped.
 const MESSAGES_QUEUED_PER_PEER_MAX: usize = 4096;
@@ -129,16 +137,48 @@ pub fn message_from_wire(message: pb::Message) -> Option<Message> {
     })
 }
 
-/// The receiving side: hands every message of this cluster to the Raft thread.
+/// The receiving side: hands every message of this cluster to the Raft thread, and answers the
+/// lease calls followers forward to the leader.
 #[derive(Debug, Clone)]
 pub struct PeerService {
     cluster_id: u64,
+    member_id: u64,
     inbox: SyncSender<Input>,
+    shared: Arc<Shared>,
+    lessor: Arc<Lessor>,
+    store: Arc<Store>,
 }
 
 impl PeerService {
-    pub fn new(cluster_id: u64, inbox: SyncSender<Input>) -> PeerService {
-        PeerService { cluster_id, inbox }
+    pub fn new(
+        cluster_id: u64,
+        member_id: u64,
+        inbox: SyncSender<Input>,
+        shared: Arc<Shared>,
+        lessor: Arc<Lessor>,
+        store: Arc<Store>,
+    ) -> PeerService {
+        PeerService {
+            cluster_id,
+            member_id,
+            inbox,
+            shared,
+            lessor,
+            store,
+        }
+    }
+
+    fn leading(&self) -> Result<(), Status> {
+        if self
+            .shared
+            .leader
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == self.member_id
+        {
+            Ok(())
+        } else {
+            Err(keel_api::EtcdError::NotLeader.into())
+        }
     }
 }
 
@@ -169,6 +209,49 @@ impl Raft for PeerService {
             }
         }
         Ok(Response::new(SendResponse {}))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.leading()?;
+        let id = request.into_inner().id;
+        // An unknown or expired lease is answered with TTL 0, as etcd does.
+        let ttl = self.lessor.renew(id).unwrap_or(0);
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.leading()?;
+        let request = request.into_inner();
+        let response = match time_to_live(&self.lessor, &self.store, request.id) {
+            Some(status) => LeaseTimeToLiveResponse {
+                header: None,
+                id: request.id,
+                ttl: status.remaining_secs,
+                granted_ttl: status.granted_secs,
+                keys: if request.keys {
+                    status.keys
+                } else {
+                    Vec::new()
+                },
+            },
+            None => LeaseTimeToLiveResponse {
+                header: None,
+                id: request.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
     }
 }
 

@@ -475,3 +475,65 @@ impl Cluster {
             .id()
     }
 }
+
+/// A long-running etcdctl (watch, keep-alive) writing to a file; killed on drop.
+pub struct Background {
+    child: Child,
+    output: tempfile::NamedTempFile,
+}
+
+impl Background {
+    pub fn start(endpoint: &str, args: &[&str], stdin: Option<&[u8]>) -> Background {
+        require(ETCDCTL);
+        let output = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new(ETCDCTL);
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdout(output.reopen().unwrap())
+            .stderr(Stdio::null());
+        command.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = command.spawn().unwrap();
+        if let Some(bytes) = stdin {
+            use std::io::Write;
+            child.stdin.as_mut().unwrap().write_all(bytes).unwrap();
+        }
+        Background { child, output }
+    }
+
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(self.output.path()).unwrap_or_default()
+    }
+
+    /// Waits until the output holds `count` matches of `needle`.
+    pub fn wait_for(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.text();
+            if text.matches(needle).count() >= count {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited for {count} x {needle:?}, got:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}

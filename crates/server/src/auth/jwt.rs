@@ -84,6 +84,20 @@ fn algorithm_name(algorithm: Algorithm) -> &'static str {
     }
 }
 
+/// Whether the token's payload (already verified when this is asked) has the claim `name`.
+fn payload_has(name: &str, token: &str) -> bool {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .is_some_and(|claims| claims.get(name).is_some())
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -198,6 +212,10 @@ impl JwtTokens {
             .map_err(|error| match error.kind() {
                 ErrorKind::InvalidSignature => TokenFailure::BadSignature,
                 ErrorKind::ExpiredSignature => TokenFailure::Expired,
+                // jsonwebtoken reads a mistyped `exp` as a missing one; tell them apart.
+                ErrorKind::MissingRequiredClaim(_) if payload_has("exp", token) => {
+                    TokenFailure::InvalidClaim
+                }
                 ErrorKind::MissingRequiredClaim(_) => TokenFailure::MissingClaim,
                 ErrorKind::InvalidClaimFormat(_) => TokenFailure::InvalidClaim,
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {

@@ -18,6 +18,8 @@ pub mod apply;
 mod jwt;
 pub mod permissions;
 mod state;
+#[cfg(test)]
+mod tests;
 mod tokens;
 
 use std::sync::{Arc, RwLock};
@@ -32,7 +34,9 @@ use keel_api::EtcdError;
 pub use jwt::{JwtKeys, JwtTokens, JWT_TTL_DEFAULT};
 pub use permissions::Access;
 pub use state::{has_root_role, AuthInfo, AuthState};
-pub use tokens::{token_failure_counts, AssignError, SimpleTokens, TokenFailure, Tokens};
+pub use tokens::{
+    token_failure_counts, AssignError, SimpleTokens, TokenFailure, Tokens, TOKEN_BYTES_MAX,
+};
 
 use crate::lease::Lessor;
 use crate::{Node, ServerError};
@@ -106,9 +110,9 @@ impl AuthConfig {
                 let sign_method = options.get("sign-method").copied().unwrap_or_default();
                 let jwt = JwtTokens::new(sign_method, keys, ttl)?;
                 if jwt.verify_only() {
-                    tracing::warn!("JWT with only a public key: this member verifies tokens but cannot issue them");
+                    tracing::warn!("JWT public key only: this member verifies tokens, issues none");
                 }
-                Tokens::Jwt(jwt)
+                Tokens::Jwt(Box::new(jwt))
             }
             other => {
                 return Err(format!(

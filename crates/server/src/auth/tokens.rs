@@ -103,7 +103,7 @@ pub fn token_failure_counts() -> Vec<(&'static str, u64)> {
 #[derive(Debug)]
 pub enum Tokens {
     Simple(SimpleTokens),
-    Jwt(JwtTokens),
+    Jwt(Box<JwtTokens>),
 }
 
 /// Why a token can't be issued.
@@ -201,7 +201,7 @@ impl SimpleTokens {
         let token = format!("{prefix}.{index}");
         let now = Instant::now();
         let mut tokens = self.lock();
-        if index % 1024 == 0 || tokens.len() >= SIMPLE_TOKENS_MAX {
+        if index.is_multiple_of(1024) || tokens.len() >= SIMPLE_TOKENS_MAX {
             tokens.retain(|_, token| token.deadline > now);
         }
         if tokens.len() >= SIMPLE_TOKENS_MAX {

@@ -11,7 +11,7 @@ use keel_api::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use keel_api::EtcdError;
-use keel_storage::mvcc::{RangeEnd, RangeOptions};
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -91,7 +91,13 @@ impl Lease for LeaseService {
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
                 // An unknown or expired lease is answered with TTL 0, as etcd does.
-                let ttl = node.lessor().renew(request.id).unwrap_or(0);
+                let ttl = match node.lease_renew(request.id).await {
+                    Ok(ttl) => ttl,
+                    Err(error) => {
+                        let _ = sender.send(Err(error.into())).await;
+                        return;
+                    }
+                };
                 let response = LeaseKeepAliveResponse {
                     header: Some(node.header(0)),
                     id: request.id,
@@ -113,38 +119,12 @@ impl Lease for LeaseService {
         let metadata =
             tonic::Request::from_parts(request.metadata().clone(), Default::default(), ());
         let request = request.into_inner();
-        let store = self.node.store();
-        let holds = |key: &[u8]| {
-            store
-                .range(key, RangeEnd::Single, &RangeOptions::default())
-                .is_ok_and(|found| found.kvs.first().is_some_and(|kv| kv.lease == request.id))
-        };
-        let response = match self.node.lessor().status(request.id, holds) {
-            Some(status) => {
-                if request.keys {
-                    // Listing the keys reads them (etcd 3.5).
-                    self.auth.check_read_keys(&metadata, &status.keys)?;
-                }
-                LeaseTimeToLiveResponse {
-                    header: Some(self.node.header(0)),
-                    id: request.id,
-                    ttl: status.remaining_secs,
-                    granted_ttl: status.granted_secs,
-                    keys: if request.keys {
-                        status.keys
-                    } else {
-                        Vec::new()
-                    },
-                }
-            }
-            // etcd reports an unknown lease as TTL -1, not as an error.
-            None => LeaseTimeToLiveResponse {
-                header: Some(self.node.header(0)),
-                id: request.id,
-                ttl: -1,
-                ..Default::default()
-            },
-        };
+        let mut response = self.node.lease_time_to_live(request.clone()).await?;
+        if response.ttl != -1 && request.keys {
+            // Listing the keys reads them (etcd 3.5).
+            self.auth.check_read_keys(&metadata, &response.keys)?;
+        }
+        response.header = Some(self.node.header(0));
         Ok(Response::new(response))
     }
 
