@@ -542,9 +542,9 @@ fn lease_steps(endpoint: &str) -> Vec<Output> {
         format!("--user root:rootpw put secret s --lease={lease}"),
         format!("--user alice:alicepw put foo1 v --lease={lease}"),
         format!("--user alice:alicepw lease revoke {lease}"),
-        format!("--user root:rootpw get secret"),
+        "--user root:rootpw get secret".to_string(),
         format!("--user root:rootpw lease revoke {lease}"),
-        format!("--user root:rootpw get secret"),
+        "--user root:rootpw get secret".to_string(),
     ] {
         let mut output = run(&line);
         output.stdout = output.stdout.replace(&lease, "<lease>");

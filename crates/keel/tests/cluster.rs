@@ -369,3 +369,60 @@ fn a_registration_outlives_a_leader_failover_and_goes_when_its_service_dies() {
         assert!(after <= Duration::from_secs(7), "deleted after {after:?}");
     });
 }
+
+#[test]
+fn etcdctl_endpoint_status_hashkv_member_list_and_move_leader_work_on_a_cluster() {
+    let cluster = Cluster::start(3, &FAST);
+    let runtime = runtime();
+    let leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
+    let endpoints = cluster.endpoints();
+    for i in 0..20 {
+        let output = support::etcdctl(&cluster.endpoint(i % 3), &["put", &format!("h{i}"), "v"]);
+        assert_eq!(output.status, Some(0), "{output:?}");
+    }
+    support::etcdctl(&cluster.endpoint(0), &["compact", "10"]);
+    // Every member reports the same hash of the same data.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = support::etcdctl(&endpoints, &["endpoint", "hashkv", "-w", "json"]);
+        let value: serde_json::Value = serde_json::from_str(output.stdout.trim()).unwrap();
+        let hashes: Vec<u64> = value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|member| member["HashKV"]["hash"].as_u64().unwrap())
+            .collect();
+        assert_eq!(hashes.len(), 3);
+        if hashes.iter().all(|hash| *hash == hashes[0]) && hashes[0] != 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hashes differ: {hashes:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = support::etcdctl(&endpoints, &["endpoint", "status", "-w", "json"]);
+    let value: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    let leaders: Vec<u64> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["Status"]["leader"].as_u64().unwrap())
+        .collect();
+    assert!(
+        leaders.iter().all(|id| *id == leaders[0] && *id != 0),
+        "{leaders:?}"
+    );
+    let members = support::etcdctl(&cluster.endpoint(0), &["member", "list"]);
+    assert_eq!(members.stdout.lines().count(), 3, "{members:?}");
+
+    // Move leadership to another member, through the leader's endpoint.
+    let target = (leader + 1) % 3;
+    let target_id = runtime.block_on(async {
+        let mut client = connect(&cluster.endpoint(target)).await;
+        client.status().await.unwrap().header.unwrap().member_id
+    });
+    let moved = support::etcdctl(&endpoints, &["move-leader", &format!("{target_id:x}")]);
+    assert_eq!(moved.status, Some(0), "{moved:?}");
+    assert!(moved.stdout.contains("Leadership transferred"), "{moved:?}");
+    let new_leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
+    assert_eq!(new_leader, target);
+}

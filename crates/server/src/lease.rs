@@ -180,6 +180,22 @@ pub fn ttl_secs_min(election_timeout_ms: u64) -> i64 {
     (election_timeout_ms * 3 / 2).div_ceil(1000) as i64
 }
 
+/// What TimeToLive answers for `id` on the member keeping its deadline: remaining and granted
+/// TTL and the keys that still hold it, or None when the lease doesn't exist.
+pub fn time_to_live(
+    lessor: &Lessor,
+    store: &keel_storage::mvcc::Store,
+    id: i64,
+) -> Option<LeaseStatus> {
+    use keel_storage::mvcc::{RangeEnd, RangeOptions};
+    let holds = |key: &[u8]| {
+        store
+            .range(key, RangeEnd::Single, &RangeOptions::default())
+            .is_ok_and(|found| found.kvs.first().is_some_and(|kv| kv.lease == id))
+    };
+    lessor.status(id, holds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,20 +227,4 @@ mod tests {
         assert_eq!(lessor.revoked(1), [b"k".to_vec()]);
         assert!(!lessor.exists(1));
     }
-}
-
-/// What TimeToLive answers for `id` on the member keeping its deadline: remaining and granted
-/// TTL and the keys that still hold it, or None when the lease doesn't exist.
-pub fn time_to_live(
-    lessor: &Lessor,
-    store: &keel_storage::mvcc::Store,
-    id: i64,
-) -> Option<LeaseStatus> {
-    use keel_storage::mvcc::{RangeEnd, RangeOptions};
-    let holds = |key: &[u8]| {
-        store
-            .range(key, RangeEnd::Single, &RangeOptions::default())
-            .is_ok_and(|found| found.kvs.first().is_some_and(|kv| kv.lease == id))
-    };
-    lessor.status(id, holds)
 }

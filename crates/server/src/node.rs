@@ -633,6 +633,34 @@ impl Node {
         }
     }
 
+    /// Hands leadership to `target` (etcd's MoveLeader): only the leader can, and it waits
+    /// until the target leads or the request times out.
+    pub async fn move_leader(&self, target: u64) -> Result<(), ServerError> {
+        if !self.is_leader() {
+            return Err(EtcdError::NotLeader.into());
+        }
+        if !self
+            .identity
+            .initial_members
+            .iter()
+            .any(|member| member.id == target)
+        {
+            return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        if target == self.identity.member_id {
+            return Ok(());
+        }
+        self.submit(Input::TransferLeader(target))?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        while self.leader() != target {
+            if tokio::time::Instant::now() > deadline {
+                return Err(EtcdError::Timeout.into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Stops the replica after the inputs already queued, and makes the store durable.
     pub async fn stop(&self) {
         let inbox = self.inbox.clone();

@@ -62,6 +62,8 @@ pub enum Input {
     },
     Step(Message),
     Unreachable(u64),
+    /// Hand leadership to this member (MoveLeader).
+    TransferLeader(u64),
     Stop,
 }
 
@@ -244,6 +246,7 @@ impl Replica {
                 }
             }
             Input::Unreachable(peer) => self.raw_node.report_unreachable(peer),
+            Input::TransferLeader(target) => self.raw_node.transfer_leader(target),
             Input::Stop => return true,
         }
         false
@@ -487,7 +490,7 @@ fn fail(input: Input, error: ServerError) {
         Input::ReadIndex { responder, .. } => {
             let _ = responder.send(Err(error));
         }
-        Input::Step(_) | Input::Unreachable(_) | Input::Stop => {}
+        Input::Step(_) | Input::Unreachable(_) | Input::TransferLeader(_) | Input::Stop => {}
     }
 }
 

@@ -119,7 +119,7 @@ impl Lease for LeaseService {
         let metadata =
             tonic::Request::from_parts(request.metadata().clone(), Default::default(), ());
         let request = request.into_inner();
-        let mut response = self.node.lease_time_to_live(request.clone()).await?;
+        let mut response = self.node.lease_time_to_live(request).await?;
         if response.ttl != -1 && request.keys {
             // Listing the keys reads them (etcd 3.5).
             self.auth.check_read_keys(&metadata, &response.keys)?;

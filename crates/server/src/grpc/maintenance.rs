@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::unimplemented::{not_yet, BoxStream};
 use crate::auth::Auth;
-use crate::Node;
+use crate::{Node, ServerError};
 
 /// The etcd version Keel reports, so tools that check the server's version accept it.
 pub const ETCD_COMPATIBLE_VERSION: &str = "3.5.17";
@@ -105,17 +105,30 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Maintenance.Defragment", 3))
     }
 
-    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.auth.check_admin(&request)?;
-        Err(not_yet("Maintenance.Hash", 3))
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let hashed = self.node.store().hash_kv(0).map_err(ServerError::from)?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.node.header(0)),
+            hash: hashed.hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.auth.check_admin(&request)?;
-        Err(not_yet("Maintenance.HashKV", 3))
+        let revision = request.into_inner().revision;
+        let hashed = self
+            .node
+            .store()
+            .hash_kv(revision)
+            .map_err(ServerError::from)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.node.header(0)),
+            hash: hashed.hash,
+            compact_revision: hashed.compact_revision,
+            hash_revision: hashed.hash_revision,
+        }))
     }
 
     async fn snapshot(
@@ -130,8 +143,12 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        self.auth.check_admin(&request)?;
-        Err(not_yet("Maintenance.MoveLeader", 3))
+        self.node
+            .move_leader(request.into_inner().target_id)
+            .await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.node.header(0)),
+        }))
     }
 
     async fn downgrade(

@@ -135,3 +135,86 @@ impl WriteTxn<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Guards against: auth records lost on reopen, an auth-only entry not committed (the lease
+    //! flag's bug class), readers not told that the auth state moved, and version 1 stores
+    //! refused after the upgrade.
+
+    use super::*;
+    use crate::mvcc::RangeOptions;
+
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("db")).unwrap()
+    }
+
+    #[test]
+    fn auth_records_commit_alone_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.read_auth().unwrap(), (0, StoredAuth::default()));
+        let mut txn = store.write(1).unwrap();
+        txn.auth_put(AuthTable::Users, "alice", b"user record")
+            .unwrap();
+        txn.auth_put(AuthTable::Roles, "r", b"role record").unwrap();
+        txn.set_auth_state(true, 3).unwrap();
+        assert_eq!(
+            txn.auth_get(AuthTable::Users, "alice").unwrap().unwrap(),
+            b"user record"
+        );
+        // No key changed, yet the transaction commits, and the revision stays.
+        assert_eq!(txn.commit(false).unwrap(), 1);
+        assert_eq!(store.auth_version(), 1);
+        // A transaction dropped without commit changes nothing.
+        let mut txn = store.write(2).unwrap();
+        txn.auth_remove(AuthTable::Users, "alice").unwrap();
+        drop(txn);
+        assert_eq!(store.auth_version(), 1);
+        store.sync().unwrap();
+        drop(store);
+
+        let store = open(&dir);
+        let (_, auth) = store.read_auth().unwrap();
+        assert_eq!(
+            auth,
+            StoredAuth {
+                enabled: true,
+                revision: 3,
+                users: vec![("alice".into(), b"user record".to_vec())],
+                roles: vec![("r".into(), b"role record".to_vec())],
+            }
+        );
+        assert_eq!(store.consistent_index(), 1);
+        let found = store
+            .range(
+                b"alice",
+                crate::mvcc::RangeEnd::Single,
+                &RangeOptions::default(),
+            )
+            .unwrap();
+        assert!(found.kvs.is_empty(), "auth records are not keys");
+    }
+
+    #[test]
+    fn a_version_1_store_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join("db")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(backend::META_SCHEMA_VERSION, 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = open(&dir);
+        assert_eq!(store.read_auth().unwrap().1, StoredAuth::default());
+        drop(store);
+        let db = redb::Database::create(dir.path().join("db")).unwrap();
+        let read = db.begin_read().unwrap();
+        let version = read.open_table(META).unwrap();
+        let version = version.get(backend::META_SCHEMA_VERSION).unwrap().unwrap();
+        assert_eq!(version.value(), backend::SCHEMA_VERSION);
+    }
+}
