@@ -426,3 +426,64 @@ fn etcdctl_endpoint_status_hashkv_member_list_and_move_leader_work_on_a_cluster(
     let new_leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     assert_eq!(new_leader, target);
 }
+
+#[test]
+fn messages_from_a_member_of_another_cluster_are_refused_and_logged() {
+    let cluster = Cluster::start(3, &FAST);
+    let runtime = runtime();
+    runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
+    // A member of another cluster (another token) that believes m0 is its peer.
+    let dir = tempfile::tempdir().unwrap();
+    let client_port = support::free_port();
+    let peer_port = support::free_port();
+    let own_peer = format!("http://127.0.0.1:{peer_port}");
+    let mut intruder = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "--name",
+            "intruder",
+            "--initial-cluster-token",
+            "another-cluster",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client_port}"),
+        ])
+        .args(["--listen-peer-urls", &own_peer])
+        .args(["--initial-advertise-peer-urls", &own_peer])
+        .args([
+            "--initial-cluster",
+            &format!("intruder={own_peer},m0={}", cluster.peer_url(0)),
+        ])
+        .args(FAST)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster
+        .log(0)
+        .contains("refused Raft messages from a member of another cluster")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "m0 did not refuse the intruder's messages:\n{}",
+            cluster.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+    // The cluster is unharmed.
+    runtime.block_on(async {
+        let leader = wait_for_leader(&cluster, Duration::from_secs(10)).await;
+        let mut client = connect(&cluster.endpoint(leader)).await;
+        client
+            .put("still", "fine", PutOptions::new())
+            .await
+            .unwrap();
+        let members = client.get("still", GetOptions::new()).await.unwrap();
+        assert_eq!(members.kvs.len(), 1);
+    });
+}

@@ -421,6 +421,10 @@ impl Cluster {
         format!("127.0.0.1:{}", self.members[index].client_port)
     }
 
+    pub fn peer_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[index].peer_port)
+    }
+
     pub fn endpoints(&self) -> String {
         (0..self.size())
             .map(|index| self.endpoint(index))
