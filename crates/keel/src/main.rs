@@ -109,6 +109,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let lease_expiry = tokio::spawn(Arc::clone(&node).expire_leases());
+    let publish = tokio::spawn(Arc::clone(&node).publish_attributes());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     // Peers talk to each other only in a cluster of several members.
@@ -159,6 +160,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop_sender.send(true);
     while servers.join_next().await.is_some() {}
     lease_expiry.abort();
+    publish.abort();
     node.stop().await;
     tracing::info!("keel stopped");
     reason

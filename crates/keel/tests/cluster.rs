@@ -411,8 +411,28 @@ fn etcdctl_endpoint_status_hashkv_member_list_and_move_leader_work_on_a_cluster(
         leaders.iter().all(|id| *id == leaders[0] && *id != 0),
         "{leaders:?}"
     );
-    let members = support::etcdctl(&cluster.endpoint(0), &["member", "list"]);
-    assert_eq!(members.stdout.lines().count(), 3, "{members:?}");
+    // Every member lists all three with their names and client URLs (published through the log).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = support::etcdctl(&cluster.endpoint(0), &["member", "list"]);
+        assert_eq!(members.stdout.lines().count(), 3, "{members:?}");
+        let complete = (0..3).all(|index| {
+            members.stdout.contains(&format!(
+                "m{index}, {}, http://{}",
+                cluster.peer_url(index),
+                cluster.endpoint(index)
+            ))
+        });
+        if complete {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member list incomplete:\n{}",
+            members.stdout
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Move leadership to another member, through the leader's endpoint.
     let target = (leader + 1) % 3;

@@ -33,6 +33,7 @@ pub enum Response {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    MemberAttributes,
     Auth(crate::auth::apply::AuthResponse),
 }
 
@@ -65,6 +66,12 @@ pub fn apply(
         }
         Request::LeaseGrant(grant) => apply_lease_grant(store, lessor, index, grant),
         Request::LeaseRevoke(revoke) => apply_lease_revoke(store, lessor, index, revoke),
+        Request::MemberAttributes(member) => {
+            let mut txn = store.write(index)?;
+            txn.put_member_attributes(member.id, &prost::Message::encode_to_vec(member))?;
+            txn.commit(false)?;
+            Ok(Response::MemberAttributes)
+        }
         Request::Auth(auth) => crate::auth::apply::apply(store, index, auth).map(Response::Auth),
         Request::Compaction(compaction) => match store.compact(compaction.revision, index) {
             Ok(()) => Ok(Response::Compaction(CompactionResponse {

@@ -633,6 +633,80 @@ impl Node {
         }
     }
 
+    /// Publishes this member's name and client URLs through the log, so every member can list
+    /// them (etcd does the same at start). Retries until it succeeds or the member stops.
+    pub async fn publish_attributes(self: Arc<Node>) {
+        let own = self
+            .identity
+            .initial_members
+            .iter()
+            .find(|member| member.id == self.identity.member_id);
+        let attributes = keel_api::etcdserverpb::Member {
+            id: self.identity.member_id,
+            name: self.identity.name.clone(),
+            peer_ur_ls: own
+                .map(|member| member.peer_urls.clone())
+                .unwrap_or_default(),
+            client_ur_ls: self.client_urls.clone(),
+            is_learner: false,
+        };
+        let encoded = prost::Message::encode_to_vec(&attributes);
+        let published = self.store.member_attributes().unwrap_or_default();
+        if published
+            .iter()
+            .any(|(id, bytes)| *id == attributes.id && *bytes == encoded)
+        {
+            return;
+        }
+        loop {
+            match self
+                .propose(Request::MemberAttributes(attributes.clone()))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(client_urls = ?attributes.client_ur_ls, "published this member's attributes");
+                    return;
+                }
+                Err(ServerError::Stopped) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "publishing attributes; will retry");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Every member as Cluster.MemberList reports it: the founding members, with the name and
+    /// client URLs each has published.
+    pub fn members(&self) -> Vec<keel_api::etcdserverpb::Member> {
+        let published: HashMap<u64, keel_api::etcdserverpb::Member> = self
+            .store
+            .member_attributes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, bytes)| Some((id, prost::Message::decode(bytes.as_slice()).ok()?)))
+            .collect();
+        self.identity
+            .initial_members
+            .iter()
+            .map(|member| {
+                let attributes = published.get(&member.id);
+                keel_api::etcdserverpb::Member {
+                    id: member.id,
+                    // etcd lists a member that hasn't started yet with an empty name.
+                    name: attributes
+                        .map(|attributes| attributes.name.clone())
+                        .unwrap_or_default(),
+                    peer_ur_ls: member.peer_urls.clone(),
+                    client_ur_ls: attributes
+                        .map(|attributes| attributes.client_ur_ls.clone())
+                        .unwrap_or_default(),
+                    is_learner: false,
+                }
+            })
+            .collect()
+    }
+
     /// Hands leadership to `target` (etcd's MoveLeader): only the leader can, and it waits
     /// until the target leads or the request times out.
     pub async fn move_leader(&self, target: u64) -> Result<(), ServerError> {

@@ -53,7 +53,8 @@ impl Quota {
             Request::DeleteRange(_)
             | Request::Compaction(_)
             | Request::LeaseRevoke(_)
-            | Request::Auth(_) => 0,
+            | Request::Auth(_)
+            | Request::MemberAttributes(_) => 0,
         } as u64;
         if cost == 0 {
             return Ok(());

@@ -9,7 +9,7 @@ use keel_api::etcdserverpb::{
     AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest, AuthUserAddRequest,
     AuthUserChangePasswordRequest, AuthUserDeleteRequest, AuthUserGrantRoleRequest,
     AuthUserRevokeRoleRequest, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest,
-    LeaseRevokeRequest, PutRequest, TxnRequest,
+    LeaseRevokeRequest, Member, PutRequest, TxnRequest,
 };
 use prost::Message;
 
@@ -24,6 +24,8 @@ pub enum Request {
     LeaseRevoke(LeaseRevokeRequest),
     /// A change of the auth store (users, roles, permissions, the auth switch).
     Auth(AuthRequest),
+    /// What a member publishes about itself once it runs (name, client URLs), as etcd does.
+    MemberAttributes(Member),
 }
 
 /// Declares [`AuthRequest`] and its log entry kinds from one list, so a kind can't be forgotten
@@ -86,6 +88,8 @@ const KIND_TXN: u8 = 3;
 const KIND_COMPACTION: u8 = 4;
 const KIND_LEASE_GRANT: u8 = 5;
 const KIND_LEASE_REVOKE: u8 = 6;
+/// Kinds 7 to 17 are the auth requests (see `AuthRequest`).
+const KIND_MEMBER_ATTRIBUTES: u8 = 18;
 const HEADER_BYTES: usize = 9;
 
 /// An entry that doesn't decode: the log is corrupt or was written by a newer Keel.
@@ -104,6 +108,7 @@ impl Request {
             Request::LeaseGrant(request) => request.encoded_len(),
             Request::LeaseRevoke(request) => request.encoded_len(),
             Request::Auth(request) => request.encoded_len(),
+            Request::MemberAttributes(member) => member.encoded_len(),
         }
     }
 
@@ -117,6 +122,7 @@ impl Request {
             Request::LeaseGrant(_) => KIND_LEASE_GRANT,
             Request::LeaseRevoke(_) => KIND_LEASE_REVOKE,
             Request::Auth(request) => request.kind(),
+            Request::MemberAttributes(_) => KIND_MEMBER_ATTRIBUTES,
         };
         bytes.push(kind);
         bytes.extend_from_slice(&id.to_le_bytes());
@@ -128,6 +134,7 @@ impl Request {
             Request::LeaseGrant(request) => request.encode(&mut bytes),
             Request::LeaseRevoke(request) => request.encode(&mut bytes),
             Request::Auth(request) => request.encode(&mut bytes),
+            Request::MemberAttributes(member) => member.encode(&mut bytes),
         };
         encoded.expect("a Vec grows as needed");
         bytes
@@ -156,6 +163,9 @@ impl Request {
             }
             KIND_LEASE_REVOKE => {
                 Request::LeaseRevoke(LeaseRevokeRequest::decode(body).map_err(error)?)
+            }
+            KIND_MEMBER_ATTRIBUTES => {
+                Request::MemberAttributes(Member::decode(body).map_err(error)?)
             }
             other => match AuthRequest::decode(other, body) {
                 Some(request) => Request::Auth(request.map_err(error)?),

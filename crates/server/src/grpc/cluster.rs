@@ -47,24 +47,7 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let identity = self.node.identity();
-        // Other members' client URLs are not shared between members yet (etcd publishes them
-        // through the log); their entries list only name and peer URLs.
-        let members = identity
-            .initial_members
-            .iter()
-            .map(|member| Member {
-                id: member.id,
-                name: member.name.clone(),
-                peer_ur_ls: member.peer_urls.clone(),
-                client_ur_ls: if member.id == identity.member_id {
-                    self.node.client_urls().to_vec()
-                } else {
-                    Vec::new()
-                },
-                is_learner: false,
-            })
-            .collect();
+        let members = self.node.members();
         Ok(Response::new(MemberListResponse {
             // etcd's Cluster service leaves the revision out of its headers.
             header: Some(ResponseHeader {

@@ -20,6 +20,9 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// lease holds is not stored: each key's record names its lease.
 pub const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
+/// Members' published attributes: member id → `etcdserverpb.Member`, encoded by the server.
+pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+
 /// Users of the auth store: name → `authpb.User`, encoded by the server (the store keeps bytes).
 pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
 /// Roles of the auth store: name → `authpb.Role`, encoded by the server.

@@ -16,7 +16,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use keel_api::mvccpb::KeyValue;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::backend::{self, Record, KV, LEASES, META};
+use super::backend::{self, Record, KV, LEASES, MEMBERS, META};
 use super::key_index::{KeyAt, RangeEnd, TreeIndex};
 use super::{MvccError, Revision};
 
@@ -114,6 +114,7 @@ impl Store {
             }
             write.open_table(KV)?;
             write.open_table(LEASES)?;
+            write.open_table(MEMBERS)?;
             super::auth_tables::create_tables(&write)?;
             let read = |name, missing: u64| -> Result<u64, MvccError> {
                 Ok(meta.get(name)?.map_or(missing, |value| value.value()))
@@ -252,6 +253,7 @@ impl Store {
             begin_revision,
             changes: 0,
             lease_changes: false,
+            member_changes: false,
             auth_changes: false,
             consistent_index,
         })
@@ -431,6 +433,8 @@ pub struct WriteTxn<'a> {
     changes: i64,
     /// Leases granted or revoked: the transaction must commit even without key changes.
     lease_changes: bool,
+    /// Member attributes recorded: likewise.
+    member_changes: bool,
     /// Users, roles or the auth switch changed: the transaction must commit even without key
     /// changes.
     pub(super) auth_changes: bool,
@@ -511,7 +515,12 @@ impl WriteTxn<'_> {
         if self.changes > 0 {
             self.state.current_revision = self.begin_revision + 1;
         }
-        if self.changes > 0 || self.lease_changes || self.auth_changes || durable {
+        if self.changes > 0
+            || self.lease_changes
+            || self.member_changes
+            || self.auth_changes
+            || durable
+        {
             if durable {
                 self.txn.set_durability(Durability::Immediate)?;
             }
@@ -765,5 +774,27 @@ impl Store {
             compact_revision,
             hash_revision,
         })
+    }
+}
+
+impl Store {
+    /// Every member's published attributes, by member id.
+    pub fn member_attributes(&self) -> Result<Vec<(u64, Vec<u8>)>, MvccError> {
+        let read = self.db.begin_read()?;
+        let mut members = Vec::new();
+        for record in read.open_table(MEMBERS)?.iter()? {
+            let (id, bytes) = record?;
+            members.push((id.value(), bytes.value().to_vec()));
+        }
+        Ok(members)
+    }
+}
+
+impl WriteTxn<'_> {
+    /// Records what a member published about itself (its name and client URLs).
+    pub fn put_member_attributes(&mut self, id: u64, attributes: &[u8]) -> Result<(), MvccError> {
+        self.txn.open_table(MEMBERS)?.insert(id, attributes)?;
+        self.member_changes = true;
+        Ok(())
     }
 }
