@@ -141,7 +141,7 @@ pub struct Flags {
     /// Force to create a new one member cluster (not supported yet).
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
     pub force_new_cluster: bool,
-    /// List of URLs to listen on for the metrics and health endpoints (not supported yet).
+    /// List of URLs to listen on for the metrics (`/metrics`) and health (`/health`) endpoints.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
     /// Duration of periodic watch progress notifications (Go duration: 10m, 5s, 500ms).
@@ -272,7 +272,6 @@ impl Flags {
             (self.enable_pprof, "enable-pprof"),
             (self.force_new_cluster, "force-new-cluster"),
             (!self.config_file.is_empty(), "config-file"),
-            (!self.listen_metrics_urls.is_empty(), "listen-metrics-urls"),
         ];
         match unsupported.iter().find(|(set, _)| *set) {
             Some((_, flag)) => Err(ConfigError::Unsupported(flag)),

@@ -2,6 +2,7 @@
 //! SIGTERM or SIGINT, then stops cleanly.
 
 mod config;
+mod metrics;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -112,6 +113,23 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     let publish = tokio::spawn(Arc::clone(&node).publish_attributes());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    if !flags.listen_metrics_urls.is_empty() {
+        for address in listen_addresses("listen-metrics-urls", &flags.listen_metrics_urls)? {
+            let listener = grpc::bind(address)
+                .await
+                .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+            tracing::info!(%address, "serving metrics");
+            let node = Arc::clone(&node);
+            let mut stop = stop.clone();
+            servers.spawn(async move {
+                tokio::select! {
+                    () = metrics::serve(node, listener) => {}
+                    _ = stop.wait_for(|stopping| *stopping) => {}
+                }
+                Ok(())
+            });
+        }
+    }
     // Peers talk to each other only in a cluster of several members.
     if multi_member {
         for address in listen_addresses("listen-peer-urls", &flags.listen_peer_urls)? {
