@@ -15,12 +15,32 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Which keys a get or delete covers, besides the key itself.
+#[derive(Debug, Clone, Default)]
+enum Span {
+    /// The key alone, or `[key, end)` when the request's `range_end` is set.
+    #[default]
+    Key,
+    Prefix,
+    FromKey,
+}
+
+impl Span {
+    /// The request's `range_end` for `key` under etcd's conventions.
+    fn range_end(&self, key: &[u8], explicit_end: Vec<u8>) -> Vec<u8> {
+        match self {
+            Span::Key => explicit_end,
+            Span::Prefix => prefix_end(key),
+            Span::FromKey => vec![0],
+        }
+    }
+}
+
 /// Options of a get (a Range request).
 #[derive(Debug, Clone, Default)]
 pub struct GetOptions {
     request: RangeRequest,
-    prefix: bool,
-    from_key: bool,
+    span: Span,
 }
 
 impl GetOptions {
@@ -30,13 +50,13 @@ impl GetOptions {
 
     /// Every key starting with the key.
     pub fn with_prefix(mut self) -> GetOptions {
-        self.prefix = true;
+        self.span = Span::Prefix;
         self
     }
 
     /// Every key from the key on.
     pub fn with_from_key(mut self) -> GetOptions {
-        self.from_key = true;
+        self.span = Span::FromKey;
         self
     }
 
@@ -75,11 +95,10 @@ impl GetOptions {
     /// The request these options make for `key`.
     pub fn into_request(mut self, key: impl Into<Vec<u8>>) -> RangeRequest {
         self.request.key = key.into();
-        if self.prefix {
-            self.request.range_end = prefix_end(&self.request.key);
-        } else if self.from_key {
-            self.request.range_end = vec![0];
-        }
+        self.request.range_end = self.span.range_end(
+            &self.request.key,
+            std::mem::take(&mut self.request.range_end),
+        );
         self.request
     }
 }
@@ -130,8 +149,7 @@ impl PutOptions {
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
     request: DeleteRangeRequest,
-    prefix: bool,
-    from_key: bool,
+    span: Span,
 }
 
 impl DeleteOptions {
@@ -140,12 +158,12 @@ impl DeleteOptions {
     }
 
     pub fn with_prefix(mut self) -> DeleteOptions {
-        self.prefix = true;
+        self.span = Span::Prefix;
         self
     }
 
     pub fn with_from_key(mut self) -> DeleteOptions {
-        self.from_key = true;
+        self.span = Span::FromKey;
         self
     }
 
@@ -161,11 +179,10 @@ impl DeleteOptions {
 
     pub fn into_request(mut self, key: impl Into<Vec<u8>>) -> DeleteRangeRequest {
         self.request.key = key.into();
-        if self.prefix {
-            self.request.range_end = prefix_end(&self.request.key);
-        } else if self.from_key {
-            self.request.range_end = vec![0];
-        }
+        self.request.range_end = self.span.range_end(
+            &self.request.key,
+            std::mem::take(&mut self.request.range_end),
+        );
         self.request
     }
 }
