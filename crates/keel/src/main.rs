@@ -74,11 +74,17 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
     let auth_config = flags.auth_config()?;
     let client_addresses = listen_addresses("listen-client-urls", &flags.listen_client_urls)?;
     listen_addresses("listen-peer-urls", &flags.listen_peer_urls)?;
-    if flags.initial_cluster_state == "existing" {
-        return Err("--initial-cluster-state existing (joining a running cluster) is not supported yet (issue #3)".into());
-    }
+    let join_existing = match flags.initial_cluster_state.as_str() {
+        "new" => false,
+        "existing" => true,
+        other => {
+            return Err(format!(
+                "--initial-cluster-state {other:?}: expected \"new\" or \"existing\""
+            )
+            .into())
+        }
+    };
     let initial_cluster = parse_initial_cluster(&flags.initial_cluster)?;
-    let multi_member = initial_cluster.len() > 1;
     let data_dir = flags.data_dir();
     let node_config = NodeConfig {
         name: flags.name.clone(),
@@ -92,6 +98,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         election_timeout_ms: flags.election_timeout,
         heartbeat_interval_ms: flags.heartbeat_interval,
         initial_cluster,
+        join_existing,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.display(), "starting keel");
     let runtime = tokio::runtime::Handle::current();
@@ -130,12 +137,21 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             });
         }
     }
-    // Peers talk to each other only in a cluster of several members.
-    if multi_member {
+    // Every member serves its peer port, as etcd's does: even a one-member cluster may grow
+    // (MemberAdd). A one-member cluster that can't bind it (several started with the default
+    // port on one machine) still serves its clients; it only can't grow until restarted with a
+    // free --listen-peer-urls.
+    {
+        let alone = node.is_single_member();
         for address in listen_addresses("listen-peer-urls", &flags.listen_peer_urls)? {
-            let listener = grpc::bind(address)
-                .await
-                .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+            let listener = match grpc::bind(address).await {
+                Ok(listener) => listener,
+                Err(error) if alone => {
+                    tracing::warn!(%address, %error, "cannot listen for peers; this one-member cluster cannot add members");
+                    continue;
+                }
+                Err(error) => return Err(format!("cannot listen on {address}: {error}").into()),
+            };
             tracing::info!(%address, "serving peers");
             let service = node.peer_service();
             let mut stop = stop.clone();
@@ -169,6 +185,10 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         failure = node.failed() => Err(format!("member stopped: {failure}").into()),
+        () = node.removed() => {
+            tracing::warn!("{}", keel_server::membership::REMOVED_MESSAGE);
+            Ok(())
+        }
         Some(ended) = servers.join_next() => match ended {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("client server failed: {error}").into()),

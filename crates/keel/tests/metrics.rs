@@ -14,7 +14,9 @@ use support::{etcdctl, free_port, Keel};
 
 fn get(port: u16, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
@@ -31,13 +33,26 @@ fn metrics_count_refused_tokens_by_cause_and_health_reports_a_leader() {
         assert_eq!(etcdctl(&endpoint, args).status, Some(0));
     }
     let health = get(metrics_port, "/health");
-    assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#"{"health":"true"}"#), "{health}");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.contains(r#"{"health":"true"}"#),
+        "{health}"
+    );
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let status = runtime.block_on(async {
-        let mut client = KvClient::connect(format!("http://{endpoint}")).await.unwrap();
-        let mut request = tonic::Request::new(RangeRequest { key: b"k".to_vec(), ..Default::default() });
-        request.metadata_mut().insert("token", "not-a-token-keel-issued".parse().unwrap());
+        let mut client = KvClient::connect(format!("http://{endpoint}"))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("token", "not-a-token-keel-issued".parse().unwrap());
         client.range(request).await.unwrap_err()
     });
     assert_eq!(status.code(), tonic::Code::Unauthenticated);

@@ -19,7 +19,9 @@ use keel_storage::mvcc::{
     MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn, ReadView, Store, StoredLease, WriteTxn,
 };
 
+use crate::data_dir::MemberInfo;
 use crate::lease::{Lessor, LEASE_TTL_SECS_MAX};
+use crate::membership::{check_update, MemberRecord, Membership};
 use crate::range::range;
 use crate::request::Request;
 use crate::ServerError;
@@ -34,13 +36,17 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     MemberAttributes,
+    /// A membership change (Raft's, or a MemberUpdate) was applied.
+    MemberChange,
     Auth(crate::auth::apply::AuthResponse),
 }
 
-/// Applies log entry `index` holding `request`.
+/// Applies log entry `index` holding `request`. `founding_members` are the cluster's first
+/// members (membership requests are checked against them and the store's changes).
 pub fn apply(
     store: &Store,
     lessor: &Lessor,
+    founding_members: &[MemberInfo],
     index: u64,
     request: &Request,
 ) -> Result<Response, ServerError> {
@@ -66,11 +72,33 @@ pub fn apply(
         }
         Request::LeaseGrant(grant) => apply_lease_grant(store, lessor, index, grant),
         Request::LeaseRevoke(revoke) => apply_lease_revoke(store, lessor, index, revoke),
+        Request::MemberAttributes(member)
+            if Membership::load(founding_members, store)?.is_removed(member.id) =>
+        {
+            // A removed member's late publication changes nothing, as in etcd.
+            store.skip(index);
+            Ok(Response::MemberAttributes)
+        }
         Request::MemberAttributes(member) => {
             let mut txn = store.write(index)?;
             txn.put_member_attributes(member.id, &prost::Message::encode_to_vec(member))?;
             txn.commit(false)?;
             Ok(Response::MemberAttributes)
+        }
+        Request::MemberUpdate(update) => {
+            let membership = Membership::load(founding_members, store)?;
+            check_update(&membership, update.id, &update.peer_ur_ls)?;
+            let record = MemberRecord {
+                id: update.id,
+                peer_urls: update.peer_ur_ls.clone(),
+                is_learner: membership
+                    .get(update.id)
+                    .is_some_and(|member| member.is_learner),
+            };
+            let mut txn = store.write(index)?;
+            txn.put_member_raft(update.id, &record.encode())?;
+            txn.commit(false)?;
+            Ok(Response::MemberChange)
         }
         Request::Auth(auth) => crate::auth::apply::apply(store, index, auth).map(Response::Auth),
         Request::Compaction(compaction) => match store.compact(compaction.revision, index) {

@@ -72,6 +72,11 @@ impl DataDir {
         self.path.join("db")
     }
 
+    /// Whether `path` holds a Keel data directory already.
+    pub fn exists(path: &Path) -> bool {
+        path.join(MARKER).exists()
+    }
+
     /// Opens the directory at `path`, or creates it with `new_identity` when it is new or empty.
     pub fn open_or_create(
         path: &Path,

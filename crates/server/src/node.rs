@@ -28,12 +28,21 @@ use tonic::transport::Channel;
 use crate::apply::Response;
 use crate::data_dir::{stable_id, DataDir, DataDirError, Identity, MemberInfo};
 use crate::lease::{time_to_live, ttl_secs_min, Lessor};
+use crate::membership::Membership;
 use crate::quota::Quota;
-use crate::replica::{from_wal_entry, hard_state_from_wal, Input, Replica, Shared};
+use crate::raft_log::RaftLog;
+use crate::replica::{
+    from_wal_entry, hard_state_from_wal, publish_membership, Ended, Input, Replica, Shared,
+};
 use crate::request::Request;
 use crate::transport::{PeerService, Transport};
 use crate::watch::Published;
 use crate::ServerError;
+
+mod members;
+
+use members::join_identity;
+pub use members::{member_id, parse_peer_urls};
 
 /// Inputs (proposals, reads, peer messages) waiting for the replica thread; when full,
 /// clients get etcd's "too many requests".
@@ -59,6 +68,9 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Backend space quota (etcd's `--quota-backend-bytes`: 0 default, negative none).
     pub quota_backend_bytes: i64,
+    /// `--initial-cluster-state existing`: join a running cluster (after MemberAdd) instead of
+    /// founding one. Only matters when the data directory is new.
+    pub join_existing: bool,
 }
 
 #[derive(Debug, Error)]
@@ -78,6 +90,10 @@ pub enum StartError {
     NotInInitialCluster(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("joining the cluster: {0}")]
+    Join(String),
+    #[error("{}", crate::membership::REMOVED_MESSAGE)]
+    Removed,
 }
 
 /// Member and cluster ids derived from the configuration, the same on every member.
@@ -93,10 +109,8 @@ pub fn initial_identity(config: &NodeConfig) -> Result<Identity, StartError> {
         .into_iter()
         .map(|(name, mut peer_urls)| {
             peer_urls.sort();
-            let mut parts: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
-            parts.push(&config.initial_cluster_token);
             MemberInfo {
-                id: stable_id(&parts),
+                id: member_id(&peer_urls, &config.initial_cluster_token),
                 name,
                 peer_urls,
             }
@@ -139,8 +153,11 @@ pub struct Node {
     /// Ids for requests (the top bits are the member's) and leases.
     request_ids: AtomicU64,
     lease_ids: AtomicU64,
-    /// Connections to peers' peer services, by member id.
-    peer_channels: Mutex<HashMap<u64, Channel>>,
+    /// Connections to peers' peer services, by member id (with the URL connected to).
+    peer_channels: Mutex<HashMap<u64, (String, Channel)>>,
+    initial_cluster_token: String,
+    /// Becomes true when the replica stopped because this member was removed.
+    removed: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Node {
@@ -166,21 +183,33 @@ impl Node {
         config: &NodeConfig,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Node, StartError> {
-        let new_identity = initial_identity(config)?;
-        let data_dir = DataDir::open_or_create(&config.data_dir, || new_identity.clone())?;
+        let mut joined_members = Vec::new();
+        let data_dir = if config.join_existing && !DataDir::exists(&config.data_dir) {
+            let (identity, members) = join_identity(config, runtime)?;
+            joined_members = members;
+            DataDir::open_or_create(&config.data_dir, || identity)?
+        } else {
+            let new_identity = initial_identity(config)?;
+            DataDir::open_or_create(&config.data_dir, || new_identity)?
+        };
         let identity = data_dir.identity.clone();
-        let voters: Vec<u64> = identity
-            .initial_members
-            .iter()
-            .map(|member| member.id)
-            .collect();
-        let conf_state = ConfState {
-            voters: voters.clone(),
+        let founding_conf_state = ConfState {
+            voters: identity
+                .initial_members
+                .iter()
+                .map(|member| member.id)
+                .collect(),
             learners: Vec::new(),
         };
+        let founder = founding_conf_state.voters.contains(&identity.member_id);
 
         let wal_dir = data_dir.wal_dir();
         let store = Arc::new(Store::open(&data_dir.db_path())?);
+        // The membership as of the store's consistent index: where Raft resumes applying.
+        let membership = Membership::load(&identity.initial_members, &store)?;
+        if membership.is_removed(identity.member_id) {
+            return Err(StartError::Removed);
+        }
         let lessor = Arc::new(Lessor::new(
             ttl_secs_min(config.election_timeout_ms),
             store.leases()?,
@@ -188,33 +217,46 @@ impl Node {
         let (wal, storage) = if !Wal::exists(&wal_dir)? {
             std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
             let mut wal = Wal::create(&wal_dir, WalOptions::default())?;
-            // Every founding member starts from the same log: a snapshot at index 1, term 1,
-            // holding the initial configuration.
-            let storage = MemStorage::new_bootstrapped(conf_state.clone());
-            wal.append_snapshot_marker(&SnapshotMarker { term: 1, index: 1 })?;
-            wal.append_hard_state(&WalHardState {
-                term: 1,
-                vote: 0,
-                commit: 1,
-            })?;
+            let storage = if founder {
+                // Every founding member starts from the same log: a snapshot at index 1, term
+                // 1, holding the initial configuration.
+                wal.append_snapshot_marker(&SnapshotMarker { term: 1, index: 1 })?;
+                wal.append_hard_state(&WalHardState {
+                    term: 1,
+                    vote: 0,
+                    commit: 1,
+                })?;
+                MemStorage::new_bootstrapped(founding_conf_state.clone())
+            } else {
+                // A joining member starts empty; the leader sends it the bootstrap snapshot.
+                MemStorage::new()
+            };
             wal.sync()?;
             (wal, storage)
         } else {
             let (wal, replay) = Wal::open(&wal_dir, WalOptions::default())?;
-            let marker = replay
-                .snapshot
-                .ok_or_else(|| StartError::Log("the log has no snapshot marker".into()))?;
             let mut storage = MemStorage::new();
-            storage
-                .apply_snapshot(Snapshot {
-                    metadata: SnapshotMetadata {
-                        index: marker.index,
-                        term: marker.term,
-                        conf_state: conf_state.clone(),
-                    },
-                    data: Vec::new(),
-                })
-                .map_err(|error| StartError::Log(format!("{error:?}")))?;
+            match replay.snapshot {
+                Some(marker) => storage
+                    .apply_snapshot(Snapshot {
+                        metadata: SnapshotMetadata {
+                            index: marker.index,
+                            term: marker.term,
+                            // Only the bootstrap snapshot is ever sent, and it holds the
+                            // founding configuration; a later one is never sent (raft_log.rs).
+                            conf_state: if marker.index == 1 {
+                                founding_conf_state.clone()
+                            } else {
+                                membership.conf_state()
+                            },
+                        },
+                        data: Vec::new(),
+                    })
+                    .map_err(|error| StartError::Log(format!("{error:?}")))?,
+                // A joining member that has not received the bootstrap snapshot yet.
+                None if !founder && replay.entries.is_empty() => {}
+                None => return Err(StartError::Log("the log has no snapshot marker".into())),
+            }
             let entries: Vec<_> = replay
                 .entries
                 .into_iter()
@@ -245,6 +287,14 @@ impl Node {
                 committed: hard_state.commit,
             });
         }
+        // A member without even the bootstrap snapshot knows no configuration yet.
+        let conf_state = if snapshot_index == 0 {
+            ConfState::default()
+        } else {
+            membership.conf_state()
+        };
+        let voters = conf_state.voters.clone();
+        let storage = RaftLog::new(storage, conf_state);
 
         let heartbeat_ms = config.heartbeat_interval_ms.max(1);
         let mut raft_config = Config::new(identity.member_id);
@@ -267,23 +317,28 @@ impl Node {
         }
 
         let (inbox, receiver) = sync_channel(INBOX_MAX);
-        let peers: Vec<(u64, Vec<String>)> = identity
-            .initial_members
+        // The members as of the store; a member joining for the first time also knows the
+        // current ones from the member it asked (the store catches up as the log applies).
+        let mut peers: Vec<(u64, Vec<String>)> = membership
+            .members
             .iter()
-            .filter(|member| member.id != identity.member_id)
             .map(|member| (member.id, member.peer_urls.clone()))
             .collect();
-        let transport = (!peers.is_empty()).then(|| {
-            Transport::start(
-                runtime,
-                identity.cluster_id,
-                identity.member_id,
-                peers,
-                inbox.clone(),
-            )
-        });
+        for member in &joined_members {
+            if !peers.iter().any(|(id, _)| *id == member.id) {
+                peers.push((member.id, member.peer_ur_ls.clone()));
+            }
+        }
+        let transport = Transport::start(
+            runtime,
+            identity.cluster_id,
+            identity.member_id,
+            peers,
+            inbox.clone(),
+        );
 
         let shared = Arc::new(Shared::default());
+        publish_membership(&shared, &membership, identity.member_id);
         shared.term.store(hard_state.term, Ordering::Relaxed);
         shared.last_index.store(last_index, Ordering::Relaxed);
         shared
@@ -303,14 +358,20 @@ impl Node {
             transport,
             Arc::clone(&shared),
             revision_sender,
+            identity.initial_members.clone(),
             Duration::from_millis(heartbeat_ms),
             config.snapshot_count.clamp(1, 10_000),
             election_timeout * 3,
         );
+        let (removed_sender, removed) = watch::channel(false);
         let handle = std::thread::Builder::new()
             .name("keel-replica".into())
-            .spawn(move || {
-                if let Err(reason) = replica.run(receiver) {
+            .spawn(move || match replica.run(receiver) {
+                Ok(Ended::Stopped) => {}
+                Ok(Ended::Removed) => {
+                    let _ = removed_sender.send(true);
+                }
+                Err(reason) => {
                     tracing::error!(%reason, "storage failed; the member stops");
                     let _ = failure_sender.send(Some(reason));
                 }
@@ -340,7 +401,7 @@ impl Node {
             name = %identity.name,
             member_id = format!("{:x}", identity.member_id),
             cluster_id = format!("{:x}", identity.cluster_id),
-            members = identity.initial_members.len(),
+            members = membership.members.len(),
             applied,
             last_index,
             revision = store.revision(),
@@ -370,6 +431,8 @@ impl Node {
             request_ids: AtomicU64::new(first_id),
             lease_ids: AtomicU64::new(first_id),
             peer_channels: Mutex::new(HashMap::new()),
+            initial_cluster_token: config.initial_cluster_token.clone(),
+            removed,
         })
     }
 
@@ -398,8 +461,9 @@ impl Node {
         self.shared.last_index.load(Ordering::Relaxed)
     }
 
+    /// Whether this member is the only voter (its reads need no ReadIndex round).
     pub fn is_single_member(&self) -> bool {
-        self.identity.initial_members.len() == 1
+        self.shared.sole_voter.load(Ordering::Relaxed)
     }
 
     pub fn peer_urls(&self) -> &[String] {
@@ -415,7 +479,7 @@ impl Node {
     }
 
     /// The receiving side of the peer transport, for the peer gRPC server.
-    pub fn peer_service(&self) -> PeerService {
+    pub fn peer_service(self: &Arc<Node>) -> PeerService {
         PeerService::new(
             self.identity.cluster_id,
             self.identity.member_id,
@@ -423,7 +487,17 @@ impl Node {
             Arc::clone(&self.shared),
             Arc::clone(&self.lessor),
             Arc::clone(&self.store),
+            Arc::downgrade(self),
         )
+    }
+
+    /// Resolves when this member has been removed from the cluster and has stopped.
+    pub async fn removed(&self) {
+        let mut removed = self.removed.clone();
+        let _ = removed.wait_for(|removed| *removed).await;
+        if !*removed.borrow() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// A client of the leader's peer service, for calls only the leader answers.
@@ -432,27 +506,26 @@ impl Node {
         if leader == 0 {
             return Err(EtcdError::NoLeader.into());
         }
+        let url = self
+            .membership()?
+            .get(leader)
+            .and_then(|member| member.peer_urls.first().cloned())
+            // This member's store has not caught up with the leader's addition yet.
+            .ok_or(ServerError::Etcd(EtcdError::LeaderChanged))?;
         let mut channels = self
             .peer_channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(channel) = channels.get(&leader) {
-            return Ok(RaftClient::new(channel.clone()));
+        if let Some((known_url, channel)) = channels.get(&leader) {
+            if *known_url == url {
+                return Ok(RaftClient::new(channel.clone()));
+            }
         }
-        let url = self
-            .identity
-            .initial_members
-            .iter()
-            .find(|member| member.id == leader)
-            .and_then(|member| member.peer_urls.first())
-            .ok_or_else(|| {
-                ServerError::Fatal(format!("leader {leader:x} is not a known member"))
-            })?;
         let channel = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|error| ServerError::Fatal(format!("leader URL {url}: {error}")))?
             .connect_timeout(Duration::from_secs(1))
             .connect_lazy();
-        channels.insert(leader, channel.clone());
+        channels.insert(leader, (url, channel.clone()));
         Ok(RaftClient::new(channel))
     }
 
@@ -637,16 +710,15 @@ impl Node {
     /// them (etcd does the same at start). Retries until it succeeds or the member stops.
     pub async fn publish_attributes(self: Arc<Node>) {
         let own = self
-            .identity
-            .initial_members
-            .iter()
-            .find(|member| member.id == self.identity.member_id);
+            .membership()
+            .ok()
+            .and_then(|membership| membership.get(self.identity.member_id).cloned());
         let attributes = keel_api::etcdserverpb::Member {
             id: self.identity.member_id,
             name: self.identity.name.clone(),
             peer_ur_ls: own
                 .map(|member| member.peer_urls.clone())
-                .unwrap_or_default(),
+                .unwrap_or_else(|| self.peer_urls.clone()),
             client_ur_ls: self.client_urls.clone(),
             is_learner: false,
         };
@@ -676,8 +748,16 @@ impl Node {
         }
     }
 
-    /// Every member as Cluster.MemberList reports it: the founding members, with the name and
-    /// client URLs each has published.
+    /// The membership as of what this member has applied.
+    pub fn membership(&self) -> Result<Membership, ServerError> {
+        Ok(Membership::load(
+            &self.identity.initial_members,
+            &self.store,
+        )?)
+    }
+
+    /// Every member as Cluster.MemberList reports it: the current configuration, with the
+    /// name and client URLs each has published.
     pub fn members(&self) -> Vec<keel_api::etcdserverpb::Member> {
         let published: HashMap<u64, keel_api::etcdserverpb::Member> = self
             .store
@@ -686,8 +766,9 @@ impl Node {
             .into_iter()
             .filter_map(|(id, bytes)| Some((id, prost::Message::decode(bytes.as_slice()).ok()?)))
             .collect();
-        self.identity
-            .initial_members
+        let membership = self.membership().unwrap_or_default();
+        membership
+            .members
             .iter()
             .map(|member| {
                 let attributes = published.get(&member.id);
@@ -701,7 +782,7 @@ impl Node {
                     client_ur_ls: attributes
                         .map(|attributes| attributes.client_ur_ls.clone())
                         .unwrap_or_default(),
-                    is_learner: false,
+                    is_learner: member.is_learner,
                 }
             })
             .collect()
@@ -714,9 +795,8 @@ impl Node {
             return Err(EtcdError::NotLeader.into());
         }
         if !self
-            .identity
-            .initial_members
-            .iter()
+            .membership()?
+            .voters()
             .any(|member| member.id == target)
         {
             return Err(EtcdError::BadLeaderTransferee.into());

@@ -54,7 +54,8 @@ impl Quota {
             | Request::Compaction(_)
             | Request::LeaseRevoke(_)
             | Request::Auth(_)
-            | Request::MemberAttributes(_) => 0,
+            | Request::MemberAttributes(_)
+            | Request::MemberUpdate(_) => 0,
         } as u64;
         if cost == 0 {
             return Ok(());

@@ -15,22 +15,26 @@
 //!
 //! A single-member cluster runs the same path; it campaigns at start and leads at once.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_api::EtcdError;
 use keel_raft::{
-    ConfChange, Entry, EntryKind, HardState, MemStorage, Message, RawNode, Role, Storage,
+    ConfChange, ConfChangeKind, Entry, EntryKind, HardState, Message, RawNode, Role, Snapshot,
+    Storage,
 };
 use keel_storage::mvcc::Store;
 use keel_storage::wal::{self, SnapshotMarker, Wal};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{apply, Response};
+use crate::data_dir::MemberInfo;
 use crate::lease::Lessor;
+use crate::membership::{self, Membership, REMOVED_MESSAGE};
+use crate::raft_log::RaftLog;
 use crate::request::Request;
 use crate::transport::Transport;
 use crate::watch::Published;
@@ -60,8 +64,19 @@ pub enum Input {
         id: u64,
         responder: ReadResponder,
     },
+    /// A membership change; `id` (also in the change's context) finds the proposer when the
+    /// entry applies.
+    ProposeConfChange {
+        id: u64,
+        change: ConfChange,
+        responder: Responder,
+    },
     Step(Message),
     Unreachable(u64),
+    /// A peer refused this member's messages: it has applied this member's removal.
+    Removed,
+    /// Raft's status (replication progress, on the leader), for membership checks.
+    RaftStatus(oneshot::Sender<keel_raft::Status>),
     /// Hand leadership to this member (MoveLeader).
     TransferLeader(u64),
     Stop,
@@ -74,6 +89,19 @@ pub struct Shared {
     pub term: AtomicU64,
     pub last_index: AtomicU64,
     pub commit_index: AtomicU64,
+    /// This member is the only voter (linearizable reads need no ReadIndex round).
+    pub sole_voter: AtomicBool,
+    /// Members removed from the cluster: their Raft messages are refused.
+    pub removed: Mutex<HashSet<u64>>,
+}
+
+/// How the replica thread ended without a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (shutdown).
+    Stopped,
+    /// This member was removed from the cluster.
+    Removed,
 }
 
 /// Converts between the core's entries and the WAL's: a WAL entry's data is the entry kind
@@ -108,13 +136,16 @@ pub fn from_wal_entry(entry: wal::Entry) -> Result<Entry, String> {
 }
 
 pub struct Replica {
-    pub raw_node: RawNode<MemStorage>,
+    pub raw_node: RawNode<RaftLog>,
     pub wal: Wal,
     pub store: Arc<Store>,
     pub lessor: Arc<Lessor>,
-    pub transport: Option<Transport>,
+    pub transport: Transport,
     pub shared: Arc<Shared>,
     pub revisions: watch::Sender<Published>,
+    /// The cluster's founding members (membership is these plus the store's changes).
+    pub founding_members: Vec<MemberInfo>,
+    pub own_id: u64,
     pub tick_interval: Duration,
     pub durable_every_entries: u64,
     pub parked_timeout: Duration,
@@ -125,30 +156,35 @@ pub struct Replica {
     parked: VecDeque<(Instant, Input)>,
     applied_since_durable: u64,
     leader: u64,
+    removed: bool,
 }
 
 impl Replica {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        raw_node: RawNode<MemStorage>,
+        raw_node: RawNode<RaftLog>,
         wal: Wal,
         store: Arc<Store>,
         lessor: Arc<Lessor>,
-        transport: Option<Transport>,
+        transport: Transport,
         shared: Arc<Shared>,
         revisions: watch::Sender<Published>,
+        founding_members: Vec<MemberInfo>,
         tick_interval: Duration,
         durable_every_entries: u64,
         parked_timeout: Duration,
     ) -> Replica {
+        let own_id = raw_node.status().id;
         Replica {
             raw_node,
             wal,
             store,
             lessor,
             transport,
+            own_id,
             shared,
             revisions,
+            founding_members,
             tick_interval,
             durable_every_entries,
             parked_timeout,
@@ -158,11 +194,13 @@ impl Replica {
             parked: VecDeque::new(),
             applied_since_durable: 0,
             leader: 0,
+            removed: false,
         }
     }
 
-    /// Runs until stopped or until storage fails (then returns the reason).
-    pub fn run(mut self, inbox: Receiver<Input>) -> Result<(), String> {
+    /// Runs until stopped, removed from the cluster, or until storage fails (then returns the
+    /// reason).
+    pub fn run(mut self, inbox: Receiver<Input>) -> Result<Ended, String> {
         let mut next_tick = Instant::now() + self.tick_interval;
         // Whatever the core has to say from the start (a single member's own election).
         self.process_ready()?;
@@ -188,15 +226,22 @@ impl Replica {
                 self.expire_parked();
             }
             self.process_ready()?;
-            if stop {
+            if stop || self.removed {
                 break;
             }
         }
         if let Err(error) = self.store.sync() {
             tracing::error!(%error, "could not make the store durable at shutdown; the log will be replayed");
         }
+        if self.removed {
+            // Give the transport a moment to deliver the last messages (a removed leader's
+            // final commit index).
+            std::thread::sleep(self.tick_interval * 2);
+            tracing::warn!("{REMOVED_MESSAGE}");
+            return Ok(Ended::Removed);
+        }
         tracing::info!("replica stopped");
-        Ok(())
+        Ok(Ended::Stopped)
     }
 
     /// Returns true on Stop.
@@ -240,6 +285,35 @@ impl Replica {
                     }
                 }
             }
+            Input::ProposeConfChange {
+                id,
+                change,
+                responder,
+            } => {
+                if self.leader == 0 {
+                    self.park(Input::ProposeConfChange {
+                        id,
+                        change,
+                        responder,
+                    });
+                    return false;
+                }
+                match self.raw_node.propose_conf_change(&change) {
+                    Ok(()) => {
+                        self.waiters.insert(id, responder);
+                    }
+                    Err(error) => {
+                        let _ = responder.send(Err(proposal_error(&error)));
+                    }
+                }
+            }
+            Input::RaftStatus(responder) => {
+                let _ = responder.send(self.raw_node.status());
+            }
+            Input::Removed => {
+                tracing::warn!("a peer reports that this member was removed from the cluster");
+                self.removed = true;
+            }
             Input::Step(message) => {
                 if let Err(error) = self.raw_node.step(message) {
                     tracing::debug!(?error, "dropped a peer message");
@@ -277,11 +351,12 @@ impl Replica {
             if let Some(soft_state) = &ready.soft_state {
                 self.leadership(soft_state.leader.unwrap_or(0), soft_state.role);
             }
-            if ready.snapshot.is_some() {
-                return Err("installing a snapshot from the leader is not supported yet".into());
-            }
             // 1. Durable before anything that depends on it.
             let mut wrote = false;
+            if let Some(snapshot) = &ready.snapshot {
+                self.persist_snapshot(snapshot)?;
+                wrote = true;
+            }
             if !ready.entries.is_empty() {
                 let entries: Vec<wal::Entry> = ready.entries.iter().map(to_wal_entry).collect();
                 self.wal
@@ -320,11 +395,7 @@ impl Replica {
             // 2. Messages.
             for message in ready.messages {
                 let to = message.to;
-                let sent = self
-                    .transport
-                    .as_ref()
-                    .is_some_and(|transport| transport.send(message));
-                if !sent {
+                if !self.transport.send(message) {
                     self.raw_node.report_unreachable(to);
                 }
             }
@@ -380,19 +451,31 @@ impl Replica {
                 EntryKind::Normal => {
                     let (id, request) = Request::decode(&entry.data)
                         .map_err(|error| format!("entry {}: {error}", entry.index))?;
-                    let result = apply(&self.store, &self.lessor, entry.index, &request);
+                    let result = apply(
+                        &self.store,
+                        &self.lessor,
+                        &self.founding_members,
+                        entry.index,
+                        &request,
+                    );
                     if let Err(ServerError::Fatal(reason)) = &result {
                         return Err(format!("applying entry {}: {reason}", entry.index));
+                    }
+                    if matches!(request, Request::MemberUpdate(_)) && result.is_ok() {
+                        self.membership_changed()?;
                     }
                     if let Some(responder) = self.waiters.remove(&id) {
                         let _ = responder.send(result);
                     }
                 }
                 EntryKind::ConfChange => {
-                    if let Ok(change) = ConfChange::decode(&entry.data) {
-                        self.raw_node.apply_conf_change(&change);
+                    let (id, result) = self.apply_conf_change(entry.index, &entry.data)?;
+                    if let Some(responder) = id.and_then(|id| self.waiters.remove(&id)) {
+                        let _ = responder.send(result);
                     }
-                    self.store.skip(entry.index);
+                    if self.removed {
+                        break;
+                    }
                 }
             }
         }
@@ -407,6 +490,111 @@ impl Replica {
             };
             self.revisions.send_replace(Published { revision, recent });
         }
+        Ok(())
+    }
+
+    /// Writes the leader's snapshot to the WAL and the in-memory log. Only the bootstrap
+    /// snapshot (index 1, no data) is ever sent (see `raft_log.rs`); anything else would need
+    /// the store shipped with it, which Keel does not do yet, so it stops the member rather
+    /// than lose data.
+    fn persist_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let index = snapshot.metadata.index;
+        if index != 1 || !snapshot.data.is_empty() {
+            return Err(format!(
+                "the leader sent a snapshot at index {index}; installing a snapshot with data is \
+                 not supported yet (a member must join before the leader compacts its log)"
+            ));
+        }
+        self.wal
+            .append_snapshot_marker(&SnapshotMarker {
+                term: snapshot.metadata.term,
+                index,
+            })
+            .map_err(|error| format!("write-ahead log: {error}"))?;
+        self.raw_node
+            .storage_mut()
+            .apply_snapshot(snapshot.clone())
+            .map_err(|error| format!("installing the bootstrap snapshot: {error}"))?;
+        tracing::info!(
+            term = snapshot.metadata.term,
+            voters = ?snapshot.metadata.conf_state.voters,
+            "installed the cluster's bootstrap snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    /// Applies a membership change entry: checks it against the membership as of the entry
+    /// (the same outcome on every member), records it in the store with the entry's index,
+    /// then tells Raft and the transport. Returns the proposer's request id and its answer.
+    #[allow(clippy::type_complexity)]
+    fn apply_conf_change(
+        &mut self,
+        index: u64,
+        data: &[u8],
+    ) -> Result<(Option<u64>, Result<Response, ServerError>), String> {
+        let store_error = |error: keel_storage::mvcc::MvccError| {
+            format!("applying membership change {index}: {error}")
+        };
+        let Ok(change) = ConfChange::decode(data) else {
+            tracing::warn!(index, "a membership change entry does not decode; skipped");
+            self.store.skip(index);
+            return Ok((None, Err(EtcdError::MemberBadUrls.into())));
+        };
+        let (request_id, member) = match membership::decode_context(&change.context) {
+            Some((id, member)) => (Some(id), member),
+            None => (None, None),
+        };
+        let current = Membership::load(&self.founding_members, &self.store).map_err(store_error)?;
+        if let Err(error) = membership::check_conf_change(&current, &change, member.as_ref()) {
+            tracing::info!(index, kind = ?change.kind, member = format!("{:x}", change.node_id), %error, "membership change refused");
+            self.store.skip(index);
+            return Ok((request_id, Err(error.into())));
+        }
+        let id = change.node_id;
+        let mut txn = self.store.write(index).map_err(store_error)?;
+        match change.kind {
+            ConfChangeKind::AddVoter | ConfChangeKind::AddLearner => {
+                let mut member = member.expect("checked: an add carries its member");
+                member.is_learner = change.kind == ConfChangeKind::AddLearner;
+                txn.put_member_raft(id, &member.encode())
+            }
+            ConfChangeKind::PromoteLearner => {
+                let mut member = current.get(id).expect("checked: a learner").clone();
+                member.is_learner = false;
+                txn.put_member_raft(id, &member.encode())
+            }
+            ConfChangeKind::RemoveNode => txn.remove_member(id),
+        }
+        .map_err(store_error)?;
+        txn.commit(false).map_err(store_error)?;
+        let conf_state = self.raw_node.apply_conf_change(&change);
+        tracing::info!(
+            index,
+            member = format!("{id:x}"),
+            voters = ?conf_state.voters,
+            learners = ?conf_state.learners,
+            "{}",
+            membership::describe(change.kind)
+        );
+        self.membership_changed()?;
+        if change.kind == ConfChangeKind::RemoveNode && id == self.own_id {
+            self.removed = true;
+        }
+        Ok((request_id, Ok(Response::MemberChange)))
+    }
+
+    /// Brings the transport and what everyone else reads in line with the membership.
+    fn membership_changed(&mut self) -> Result<(), String> {
+        let current = Membership::load(&self.founding_members, &self.store)
+            .map_err(|error| format!("reading the membership: {error}"))?;
+        self.transport.set_peers(
+            current
+                .members
+                .iter()
+                .map(|member| (member.id, member.peer_urls.clone()))
+                .collect(),
+        );
+        publish_membership(&self.shared, &current, self.own_id);
         Ok(())
     }
 
@@ -470,6 +658,18 @@ impl Replica {
     }
 }
 
+/// What the node and the peer service read about the membership.
+pub fn publish_membership(shared: &Shared, membership: &Membership, own_id: u64) {
+    let mut voters = membership.voters();
+    let sole = voters.next().is_some_and(|voter| voter.id == own_id) && voters.next().is_none();
+    shared.sole_voter.store(sole, Ordering::Relaxed);
+    *shared
+        .removed
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+        membership.removed.iter().copied().collect();
+}
+
 fn proposal_error(error: &keel_raft::Error) -> ServerError {
     match error {
         keel_raft::Error::NoLeader => EtcdError::NoLeader.into(),
@@ -478,6 +678,10 @@ fn proposal_error(error: &keel_raft::Error) -> ServerError {
         | keel_raft::Error::ReadIndexQueueFull
         | keel_raft::Error::ProposalBatchTooLarge => EtcdError::TooManyRequests.into(),
         keel_raft::Error::NotAMember => EtcdError::Stopped.into(),
+        // etcd's raft drops a second change while one is pending and the proposer times out;
+        // answering at once says the same sooner.
+        keel_raft::Error::ConfChangePending => EtcdError::Timeout.into(),
+        keel_raft::Error::InvalidConfChange(_) => EtcdError::MemberNotFound.into(),
         other => ServerError::Fatal(format!("raft refused a proposal: {other:?}")),
     }
 }
@@ -490,7 +694,15 @@ fn fail(input: Input, error: ServerError) {
         Input::ReadIndex { responder, .. } => {
             let _ = responder.send(Err(error));
         }
-        Input::Step(_) | Input::Unreachable(_) | Input::TransferLeader(_) | Input::Stop => {}
+        Input::ProposeConfChange { responder, .. } => {
+            let _ = responder.send(Err(error));
+        }
+        Input::Step(_)
+        | Input::Unreachable(_)
+        | Input::TransferLeader(_)
+        | Input::Removed
+        | Input::RaftStatus(_)
+        | Input::Stop => {}
     }
 }
 

@@ -26,6 +26,9 @@ pub enum Request {
     Auth(AuthRequest),
     /// What a member publishes about itself once it runs (name, client URLs), as etcd does.
     MemberAttributes(Member),
+    /// MemberUpdate: new peer URLs (`id`, `peer_ur_ls`) for a member. Not a Raft membership
+    /// change (the configuration's ids stay), so an ordinary entry.
+    MemberUpdate(Member),
 }
 
 /// Declares [`AuthRequest`] and its log entry kinds from one list, so a kind can't be forgotten
@@ -90,6 +93,7 @@ const KIND_LEASE_GRANT: u8 = 5;
 const KIND_LEASE_REVOKE: u8 = 6;
 /// Kinds 7 to 17 are the auth requests (see `AuthRequest`).
 const KIND_MEMBER_ATTRIBUTES: u8 = 18;
+const KIND_MEMBER_UPDATE: u8 = 19;
 const HEADER_BYTES: usize = 9;
 
 /// An entry that doesn't decode: the log is corrupt or was written by a newer Keel.
@@ -108,7 +112,9 @@ impl Request {
             Request::LeaseGrant(request) => request.encoded_len(),
             Request::LeaseRevoke(request) => request.encoded_len(),
             Request::Auth(request) => request.encoded_len(),
-            Request::MemberAttributes(member) => member.encoded_len(),
+            Request::MemberAttributes(member) | Request::MemberUpdate(member) => {
+                member.encoded_len()
+            }
         }
     }
 
@@ -123,6 +129,7 @@ impl Request {
             Request::LeaseRevoke(_) => KIND_LEASE_REVOKE,
             Request::Auth(request) => request.kind(),
             Request::MemberAttributes(_) => KIND_MEMBER_ATTRIBUTES,
+            Request::MemberUpdate(_) => KIND_MEMBER_UPDATE,
         };
         bytes.push(kind);
         bytes.extend_from_slice(&id.to_le_bytes());
@@ -134,7 +141,9 @@ impl Request {
             Request::LeaseGrant(request) => request.encode(&mut bytes),
             Request::LeaseRevoke(request) => request.encode(&mut bytes),
             Request::Auth(request) => request.encode(&mut bytes),
-            Request::MemberAttributes(member) => member.encode(&mut bytes),
+            Request::MemberAttributes(member) | Request::MemberUpdate(member) => {
+                member.encode(&mut bytes)
+            }
         };
         encoded.expect("a Vec grows as needed");
         bytes
@@ -167,6 +176,7 @@ impl Request {
             KIND_MEMBER_ATTRIBUTES => {
                 Request::MemberAttributes(Member::decode(body).map_err(error)?)
             }
+            KIND_MEMBER_UPDATE => Request::MemberUpdate(Member::decode(body).map_err(error)?),
             other => match AuthRequest::decode(other, body) {
                 Some(request) => Request::Auth(request.map_err(error)?),
                 None => return Err(DecodeError(format!("unknown kind {other}"))),
@@ -199,6 +209,11 @@ mod tests {
                 physical: true,
             }),
             Request::Auth(AuthRequest::Enable(AuthEnableRequest {})),
+            Request::MemberUpdate(Member {
+                id: 3,
+                peer_ur_ls: vec!["http://a:1".into()],
+                ..Default::default()
+            }),
             Request::Auth(AuthRequest::UserAdd(AuthUserAddRequest {
                 name: "u".into(),
                 hashed_password: "$2b$04$hash".into(),

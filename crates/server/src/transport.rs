@@ -11,26 +11,33 @@ use std::time::Duration;
 
 use keel_api::keelraftpb::raft_client::RaftClient;
 use keel_api::keelraftpb::raft_server::Raft;
-use keel_api::keelraftpb::{self as pb, Envelope, SendResponse};
+use keel_api::keelraftpb::{
+    self as pb, ClusterInfoRequest, ClusterInfoResponse, Envelope, SendResponse,
+};
 use keel_raft::{ConfState, Entry, EntryKind, Message, MessageKind, Snapshot, SnapshotMetadata};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use keel_api::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    MemberAddRequest, MemberAddResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
 use keel_storage::mvcc::Store;
 
 use crate::lease::{time_to_live, Lessor};
 use crate::replica::{Input, Shared};
+use crate::Node;
 
 /// Messages queued for one peer before new ones are dropped.
 const MESSAGES_QUEUED_PER_PEER_MAX: usize = 4096;
 /// Messages sent in one envelope at most.
 const MESSAGES_PER_ENVELOPE_MAX: usize = 256;
+/// The status message a member answers a removed member's messages with.
+const REMOVED_STATUS_MESSAGE: &str = "keel: the sending member has been removed from the cluster";
 /// Wait before reconnecting to a peer that failed.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
@@ -147,6 +154,8 @@ pub struct PeerService {
     shared: Arc<Shared>,
     lessor: Arc<Lessor>,
     store: Arc<Store>,
+    /// For the calls a node answers (cluster information, membership changes).
+    node: Weak<Node>,
 }
 
 impl PeerService {
@@ -157,6 +166,7 @@ impl PeerService {
         shared: Arc<Shared>,
         lessor: Arc<Lessor>,
         store: Arc<Store>,
+        node: Weak<Node>,
     ) -> PeerService {
         PeerService {
             cluster_id,
@@ -165,7 +175,21 @@ impl PeerService {
             shared,
             lessor,
             store,
+            node,
         }
+    }
+
+    fn node(&self) -> Result<Arc<Node>, Status> {
+        self.node
+            .upgrade()
+            .ok_or_else(|| keel_api::EtcdError::Stopped.into())
+    }
+
+    /// Membership changes are forwarded to the leader; a member that is no longer leading
+    /// says so (the follower then reports "leader changed").
+    fn leader_node(&self) -> Result<Arc<Node>, Status> {
+        self.leading()?;
+        self.node()
     }
 
     fn leading(&self) -> Result<(), Status> {
@@ -198,6 +222,19 @@ impl Raft for PeerService {
                     "refused Raft messages from a member of another cluster"
                 );
                 return Err(EtcdErrorStatus::cluster_mismatch());
+            }
+            if self
+                .shared
+                .removed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(&envelope.from)
+            {
+                tracing::info!(
+                    from = format!("{:x}", envelope.from),
+                    "refused Raft messages from a removed member"
+                );
+                return Err(Status::failed_precondition(REMOVED_STATUS_MESSAGE));
             }
             for message in envelope.messages.into_iter().filter_map(message_from_wire) {
                 // A full inbox drops the message: Raft retries by protocol.
@@ -253,6 +290,51 @@ impl Raft for PeerService {
         };
         Ok(Response::new(response))
     }
+
+    async fn cluster_info(
+        &self,
+        _: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        Ok(Response::new(self.node()?.cluster_info()))
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let node = self.leader_node()?;
+        Ok(Response::new(node.member_add(request.into_inner()).await?))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let node = self.leader_node()?;
+        Ok(Response::new(
+            node.member_remove(request.into_inner()).await?,
+        ))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let node = self.node()?;
+        Ok(Response::new(
+            node.member_update(request.into_inner()).await?,
+        ))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let node = self.leader_node()?;
+        Ok(Response::new(
+            node.member_promote(request.into_inner()).await?,
+        ))
+    }
 }
 
 struct EtcdErrorStatus;
@@ -263,10 +345,22 @@ impl EtcdErrorStatus {
     }
 }
 
-/// The sending side: one task and queue per peer.
+/// The sending side: one task and queue per peer. Peers come and go as membership changes
+/// apply ([`Transport::set_peers`]).
 #[derive(Debug)]
 pub struct Transport {
-    peers: HashMap<u64, mpsc::Sender<Message>>,
+    runtime: tokio::runtime::Handle,
+    cluster_id: u64,
+    own_id: u64,
+    inbox: SyncSender<Input>,
+    peers: HashMap<u64, Peer>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    urls: Vec<String>,
+    /// Dropping it ends the peer's sender task.
+    queue: mpsc::Sender<Message>,
 }
 
 impl Transport {
@@ -278,26 +372,62 @@ impl Transport {
         peers: Vec<(u64, Vec<String>)>,
         inbox: SyncSender<Input>,
     ) -> Transport {
-        let mut senders = HashMap::new();
+        let mut transport = Transport {
+            runtime: runtime.clone(),
+            cluster_id,
+            own_id,
+            inbox,
+            peers: HashMap::new(),
+        };
+        transport.set_peers(peers);
+        transport
+    }
+
+    /// Makes the peers exactly `peers`: starts tasks for new ones, ends those of peers that
+    /// left, and restarts those whose URLs changed (MemberUpdate).
+    pub fn set_peers(&mut self, peers: Vec<(u64, Vec<String>)>) {
+        let own_id = self.own_id;
+        let peers: Vec<(u64, Vec<String>)> = peers
+            .into_iter()
+            .filter(|(id, urls)| *id != own_id && !urls.is_empty())
+            .collect();
+        self.peers.retain(|id, peer| {
+            let keep = peers
+                .iter()
+                .any(|(other, urls)| other == id && *urls == peer.urls);
+            if !keep {
+                tracing::info!(peer = format!("{id:x}"), "stopped sending to a peer");
+            }
+            keep
+        });
         for (id, urls) in peers {
+            if self.peers.contains_key(&id) {
+                continue;
+            }
             let (sender, receiver) = mpsc::channel(MESSAGES_QUEUED_PER_PEER_MAX);
-            runtime.spawn(run_peer(
-                cluster_id,
-                own_id,
+            tracing::info!(peer = format!("{id:x}"), ?urls, "sending to a peer");
+            self.runtime.spawn(run_peer(
+                self.cluster_id,
+                self.own_id,
                 id,
-                urls,
+                urls.clone(),
                 receiver,
-                inbox.clone(),
+                self.inbox.clone(),
             ));
-            senders.insert(id, sender);
+            self.peers.insert(
+                id,
+                Peer {
+                    urls,
+                    queue: sender,
+                },
+            );
         }
-        Transport { peers: senders }
     }
 
     /// Queues `message` for its peer; false when it was dropped (queue full or peer unknown).
     pub fn send(&self, message: Message) -> bool {
         match self.peers.get(&message.to) {
-            Some(sender) => sender.try_send(message).is_ok(),
+            Some(peer) => peer.queue.try_send(message).is_ok(),
             None => false,
         }
     }
@@ -348,7 +478,14 @@ async fn run_peer(
                 break;
             }
         }
-        let _ = call.await;
+        if let Ok(Err(status)) = call.await {
+            if status.message() == REMOVED_STATUS_MESSAGE {
+                // The peer has applied this member's removal; so will this member never (it
+                // no longer hears from the leader), so it stops now, as etcd's does.
+                let _ = inbox.try_send(Input::Removed);
+                return;
+            }
+        }
         let _ = inbox.try_send(Input::Unreachable(peer_id));
         tokio::time::sleep(RECONNECT_DELAY).await;
     }

@@ -351,6 +351,8 @@ struct ClusterMember {
     client_port: u16,
     peer_port: u16,
     process: Option<Process>,
+    /// For a member that joined a running cluster: its `--initial-cluster`.
+    joined_with: Option<String>,
 }
 
 impl Cluster {
@@ -363,6 +365,7 @@ impl Cluster {
                 client_port: free_port(),
                 peer_port: free_port(),
                 process: None,
+                joined_with: None,
             })
             .collect();
         let initial_cluster = members
@@ -404,9 +407,14 @@ impl Cluster {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "keel-test"])
             .args(&self.extra);
+        match &member.joined_with {
+            Some(initial_cluster) => command
+                .args(["--initial-cluster", initial_cluster])
+                .args(["--initial-cluster-state", "existing"]),
+            None => command.args(["--initial-cluster", &self.initial_cluster]),
+        };
         let log = self.dir.path().join(format!("{}.log", member.name));
         // Append across restarts, so a failing test shows every run of the member.
         let process = Process::spawn_appending("keel", command, log);
@@ -415,6 +423,58 @@ impl Cluster {
 
     pub fn size(&self) -> usize {
         self.members.len()
+    }
+
+    /// Ports for one more member (`m<size>`), not started; returns its index. Add it to the
+    /// cluster (`etcdctl member add`) with [`Cluster::peer_url`], then [`Cluster::join`].
+    pub fn reserve_member(&mut self) -> usize {
+        let index = self.members.len();
+        self.members.push(ClusterMember {
+            name: format!("m{index}"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            process: None,
+            joined_with: None,
+        });
+        index
+    }
+
+    /// Starts member `index` with `--initial-cluster-state existing`, listing the running
+    /// members and itself, as etcdctl's `member add` says to.
+    pub fn join(&mut self, index: usize) {
+        let initial_cluster = (0..self.members.len())
+            .filter(|other| *other == index || self.is_running(*other))
+            .map(|other| format!("{}={}", self.members[other].name, self.peer_url(other)))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.members[index].joined_with = Some(initial_cluster);
+        self.spawn(index);
+        let port = self.members[index].client_port;
+        self.members[index]
+            .process
+            .as_mut()
+            .unwrap()
+            .wait_ready(port);
+    }
+
+    /// Waits until member `index` exits on its own; returns its exit code.
+    pub fn wait_exit(&mut self, index: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let process = self.members[index].process.as_mut().expect("running");
+            let child = process.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("poll the member") {
+                process.child = None;
+                self.members[index].process = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {index} still runs after {timeout:?}:\n{}",
+                self.log(index)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn endpoint(&self, index: usize) -> String {

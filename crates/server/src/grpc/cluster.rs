@@ -1,4 +1,4 @@
-//! The Cluster service: the member list of a one-member cluster; changes come with Raft (issue 3).
+//! The Cluster service: the member list and membership changes (see `node/members.rs`).
 
 use std::sync::Arc;
 
@@ -6,7 +6,6 @@ use keel_api::etcdserverpb::cluster_server::Cluster;
 use keel_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
-use super::unimplemented::not_yet;
 use crate::Node;
 
 #[derive(Debug, Clone)]
@@ -18,29 +17,49 @@ impl ClusterService {
     pub fn new(node: Arc<Node>) -> ClusterService {
         ClusterService { node }
     }
+
+    /// etcd's Cluster service leaves the revision out of its headers.
+    fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: 0,
+            ..self.node.header(0)
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("Cluster.MemberAdd", 3))
+        let response = self.node.member_add(request.into_inner()).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.header()),
+            ..response
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("Cluster.MemberRemove", 3))
+        let response = self.node.member_remove(request.into_inner()).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.header()),
+            ..response
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("Cluster.MemberUpdate", 3))
+        let response = self.node.member_update(request.into_inner()).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.header()),
+            ..response
+        }))
     }
 
     async fn member_list(
@@ -49,19 +68,19 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberListResponse>, Status> {
         let members = self.node.members();
         Ok(Response::new(MemberListResponse {
-            // etcd's Cluster service leaves the revision out of its headers.
-            header: Some(ResponseHeader {
-                revision: 0,
-                ..self.node.header(0)
-            }),
+            header: Some(self.header()),
             members,
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("Cluster.MemberPromote", 3))
+        let response = self.node.member_promote(request.into_inner()).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.header()),
+            ..response
+        }))
     }
 }

@@ -22,6 +22,13 @@ pub const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
 /// Members' published attributes: member id → `etcdserverpb.Member`, encoded by the server.
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// Membership changes since the founding members (etcd's raft attributes): member id →
+/// `etcdserverpb.Member` with `id`, `peer_ur_ls` and `is_learner` set, encoded by the server.
+/// A founding member appears here only once its peer URLs change or it is removed; a member
+/// added later, from the entry that added it.
+pub const MEMBERS_RAFT: TableDefinition<u64, &[u8]> = TableDefinition::new("members_raft");
+/// Members removed from the cluster: member id → index of the log entry that removed it.
+pub const MEMBERS_REMOVED: TableDefinition<u64, u64> = TableDefinition::new("members_removed");
 
 /// Users of the auth store: name → `authpb.User`, encoded by the server (the store keeps bytes).
 pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_users");
@@ -29,9 +36,10 @@ pub const AUTH_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_
 pub const AUTH_ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_roles");
 
 /// Format of the tables above; bumped on any incompatible change. Version 2 added the auth
-/// tables; a version 1 store is upgraded in place (it has no auth state, which is what an empty
-/// pair of tables means).
-pub const SCHEMA_VERSION: u64 = 2;
+/// tables, version 3 the membership tables (`members_raft`, `members_removed`); older stores are
+/// upgraded in place (they have no auth state and no membership change, which is what empty
+/// tables mean).
+pub const SCHEMA_VERSION: u64 = 3;
 /// The oldest format this build opens (and upgrades).
 pub const SCHEMA_VERSION_UPGRADABLE: u64 = 1;
 pub const META_SCHEMA_VERSION: &str = "schema_version";

@@ -25,8 +25,8 @@ pub use error::MvccError;
 pub use key_index::{KeyAt, KeyIndex, RangeEnd, TreeIndex};
 pub use revision::Revision;
 pub use store::{
-    Change, ChangeKind, Changes, KvHash, LeaseKeys, RangeOptions, RangeResult, ReadTxn, ReadView,
-    Store, StoredLease, WriteTxn, NEVER_COMPACTED,
+    Change, ChangeKind, Changes, KvHash, LeaseKeys, MembershipChanges, RangeOptions, RangeResult,
+    ReadTxn, ReadView, Store, StoredLease, WriteTxn, NEVER_COMPACTED,
 };
 
 #[cfg(test)]

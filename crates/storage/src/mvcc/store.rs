@@ -16,7 +16,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use keel_api::mvccpb::KeyValue;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
-use super::backend::{self, Record, KV, LEASES, MEMBERS, META};
+use super::backend::{self, Record, KV, LEASES, MEMBERS, MEMBERS_RAFT, MEMBERS_REMOVED, META};
 use super::key_index::{KeyAt, RangeEnd, TreeIndex};
 use super::{MvccError, Revision};
 
@@ -102,7 +102,10 @@ impl Store {
                     meta.insert(backend::META_SCHEMA_VERSION, backend::SCHEMA_VERSION)?;
                 }
                 Some(backend::SCHEMA_VERSION) => {}
-                Some(backend::SCHEMA_VERSION_UPGRADABLE) => {
+                Some(version)
+                    if (backend::SCHEMA_VERSION_UPGRADABLE..backend::SCHEMA_VERSION)
+                        .contains(&version) =>
+                {
                     meta.insert(backend::META_SCHEMA_VERSION, backend::SCHEMA_VERSION)?;
                 }
                 Some(other) => {
@@ -115,6 +118,8 @@ impl Store {
             write.open_table(KV)?;
             write.open_table(LEASES)?;
             write.open_table(MEMBERS)?;
+            write.open_table(MEMBERS_RAFT)?;
+            write.open_table(MEMBERS_REMOVED)?;
             super::auth_tables::create_tables(&write)?;
             let read = |name, missing: u64| -> Result<u64, MvccError> {
                 Ok(meta.get(name)?.map_or(missing, |value| value.value()))
@@ -788,9 +793,54 @@ impl Store {
         }
         Ok(members)
     }
+
+    /// The membership changes recorded since the founding members: member id → the server's
+    /// encoding of its peer URLs and learner flag; and the ids removed.
+    pub fn membership_changes(&self) -> Result<MembershipChanges, MvccError> {
+        let read = self.db.begin_read()?;
+        let mut changes = MembershipChanges::default();
+        for record in read.open_table(MEMBERS_RAFT)?.iter()? {
+            let (id, bytes) = record?;
+            changes.members.push((id.value(), bytes.value().to_vec()));
+        }
+        for record in read.open_table(MEMBERS_REMOVED)?.iter()? {
+            let (id, _) = record?;
+            changes.removed.push(id.value());
+        }
+        Ok(changes)
+    }
+}
+
+/// What [`Store::membership_changes`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipChanges {
+    /// Member id → its peer URLs and learner flag, encoded by the server.
+    pub members: Vec<(u64, Vec<u8>)>,
+    /// Members removed from the cluster.
+    pub removed: Vec<u64>,
 }
 
 impl WriteTxn<'_> {
+    /// Records a member's peer URLs and learner flag (it was added, promoted or updated).
+    /// Adding a member again clears an earlier removal of the same id.
+    pub fn put_member_raft(&mut self, id: u64, member: &[u8]) -> Result<(), MvccError> {
+        self.txn.open_table(MEMBERS_RAFT)?.insert(id, member)?;
+        self.txn.open_table(MEMBERS_REMOVED)?.remove(id)?;
+        self.member_changes = true;
+        Ok(())
+    }
+
+    /// Records that a member left the cluster: its records go, its id is marked removed.
+    pub fn remove_member(&mut self, id: u64) -> Result<(), MvccError> {
+        self.txn.open_table(MEMBERS_RAFT)?.remove(id)?;
+        self.txn.open_table(MEMBERS)?.remove(id)?;
+        self.txn
+            .open_table(MEMBERS_REMOVED)?
+            .insert(id, self.consistent_index)?;
+        self.member_changes = true;
+        Ok(())
+    }
+
     /// Records what a member published about itself (its name and client URLs).
     pub fn put_member_attributes(&mut self, id: u64, attributes: &[u8]) -> Result<(), MvccError> {
         self.txn.open_table(MEMBERS)?.insert(id, attributes)?;

@@ -281,3 +281,34 @@ fn leases_survive_reopening_with_the_keys_that_still_hold_them() {
         }]
     );
 }
+
+/// Guards against membership that is lost or half-applied across a restart: member changes
+/// commit with their entry's consistent index, and a re-added member is no longer removed.
+#[test]
+fn membership_changes_commit_with_their_entry_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        let mut txn = store.write(5).unwrap();
+        txn.put_member_raft(7, b"seven").unwrap();
+        txn.put_member_attributes(7, b"attributes").unwrap();
+        txn.commit(false).unwrap();
+        let mut txn = store.write(6).unwrap();
+        txn.remove_member(7).unwrap();
+        txn.remove_member(9).unwrap();
+        txn.commit(false).unwrap();
+        store.sync().unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(store.consistent_index(), 6);
+    let changes = store.membership_changes().unwrap();
+    assert_eq!(changes.members, Vec::<(u64, Vec<u8>)>::new());
+    assert_eq!(changes.removed, vec![7, 9]);
+    assert!(store.member_attributes().unwrap().is_empty());
+    let mut txn = store.write(7).unwrap();
+    txn.put_member_raft(7, b"again").unwrap();
+    txn.commit(false).unwrap();
+    let changes = store.membership_changes().unwrap();
+    assert_eq!(changes.members, vec![(7, b"again".to_vec())]);
+    assert_eq!(changes.removed, vec![9]);
+}
