@@ -103,19 +103,19 @@ fn etcdctl_watch_simple_and_interactive_output_matches_etcd() {
     let etcd = Etcd::start();
     let mut outputs = Vec::new();
     for endpoint in [keel.endpoint(), etcd.endpoint()] {
-        let plain = Background::start(&endpoint, &["watch", "key"], None);
-        let interactive = Background::start(
-            &endpoint,
-            &["watch", "-i"],
-            Some(b"watch key --prev-kv\nwatch a c\n"),
-        );
-        std::thread::sleep(Duration::from_millis(700));
+        // One watcher per etcdctl process: two watchers in one process print in whatever order
+        // their goroutines run, on etcd as on Keel.
+        let plain = Background::start(&endpoint, &["watch", "a", "c"], None);
+        let interactive =
+            Background::start(&endpoint, &["watch", "-i"], Some(b"watch key --prev-kv\n"));
+        // Let both watchers register before the writes.
+        std::thread::sleep(Duration::from_millis(1500));
         run(&endpoint, &["put", "key", "v1"]);
         run(&endpoint, &["put", "b", "in range"]);
         run(&endpoint, &["put", "key", "v2"]);
         run(&endpoint, &["del", "key"]);
-        plain.wait_for("key", 3);
-        interactive.wait_for("PUT", 3);
+        plain.wait_for("in range", 1);
+        interactive.wait_for("PUT", 2);
         let text = interactive.wait_for("DELETE", 1);
         outputs.push((plain.text(), text));
     }
