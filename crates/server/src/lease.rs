@@ -180,20 +180,41 @@ pub fn ttl_secs_min(election_timeout_ms: u64) -> i64 {
     (election_timeout_ms * 3 / 2).div_ceil(1000) as i64
 }
 
-/// What TimeToLive answers for `id` on the member keeping its deadline: remaining and granted
-/// TTL and the keys that still hold it, or None when the lease doesn't exist.
+/// What TimeToLive answers on the member keeping the lease's deadline (the header is the
+/// caller's to fill): remaining and granted TTL and, if asked, the keys that still hold it; an
+/// unknown lease is TTL -1, not an error, as in etcd.
 pub fn time_to_live(
     lessor: &Lessor,
     store: &keel_storage::mvcc::Store,
-    id: i64,
-) -> Option<LeaseStatus> {
+    request: &keel_api::etcdserverpb::LeaseTimeToLiveRequest,
+) -> keel_api::etcdserverpb::LeaseTimeToLiveResponse {
+    use keel_api::etcdserverpb::LeaseTimeToLiveResponse;
     use keel_storage::mvcc::{RangeEnd, RangeOptions};
+    let id = request.id;
     let holds = |key: &[u8]| {
         store
             .range(key, RangeEnd::Single, &RangeOptions::default())
             .is_ok_and(|found| found.kvs.first().is_some_and(|kv| kv.lease == id))
     };
-    lessor.status(id, holds)
+    match lessor.status(id, holds) {
+        Some(status) => LeaseTimeToLiveResponse {
+            header: None,
+            id,
+            ttl: status.remaining_secs,
+            granted_ttl: status.granted_secs,
+            keys: if request.keys {
+                status.keys
+            } else {
+                Vec::new()
+            },
+        },
+        None => LeaseTimeToLiveResponse {
+            header: None,
+            id,
+            ttl: -1,
+            ..Default::default()
+        },
+    }
 }
 
 #[cfg(test)]

@@ -549,27 +549,7 @@ impl Node {
         request: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, ServerError> {
         if self.is_leader() || self.leader() == 0 {
-            let response = match time_to_live(&self.lessor, &self.store, request.id) {
-                Some(status) => LeaseTimeToLiveResponse {
-                    header: None,
-                    id: request.id,
-                    ttl: status.remaining_secs,
-                    granted_ttl: status.granted_secs,
-                    keys: if request.keys {
-                        status.keys
-                    } else {
-                        Vec::new()
-                    },
-                },
-                // etcd reports an unknown lease as TTL -1, not as an error.
-                None => LeaseTimeToLiveResponse {
-                    header: None,
-                    id: request.id,
-                    ttl: -1,
-                    ..Default::default()
-                },
-            };
-            return Ok(response);
+            return Ok(time_to_live(&self.lessor, &self.store, &request));
         }
         let mut client = self.leader_client()?;
         let response = client

@@ -269,25 +269,7 @@ impl Raft for PeerService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.leading()?;
         let request = request.into_inner();
-        let response = match time_to_live(&self.lessor, &self.store, request.id) {
-            Some(status) => LeaseTimeToLiveResponse {
-                header: None,
-                id: request.id,
-                ttl: status.remaining_secs,
-                granted_ttl: status.granted_secs,
-                keys: if request.keys {
-                    status.keys
-                } else {
-                    Vec::new()
-                },
-            },
-            None => LeaseTimeToLiveResponse {
-                header: None,
-                id: request.id,
-                ttl: -1,
-                ..Default::default()
-            },
-        };
+        let response = time_to_live(&self.lessor, &self.store, &request);
         Ok(Response::new(response))
     }
 
