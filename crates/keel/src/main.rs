@@ -196,13 +196,25 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let _ = stop_sender.send(true);
-    while servers.join_next().await.is_some() {}
+    // Open streams (watches, keep-alives, peers) would hold a graceful shutdown forever: give
+    // them a moment to end, then cut them.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the connections still open");
+        servers.abort_all();
+    }
     lease_expiry.abort();
     publish.abort();
     node.stop().await;
     tracing::info!("keel stopped");
     reason
 }
+
+/// How long a stopping member waits for open client and peer streams to end.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};

@@ -21,7 +21,7 @@ use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use keel_api::etcdserverpb::watch_server::WatchServer;
 use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use auth::AuthService;
 pub use cluster::ClusterService;
@@ -94,8 +94,14 @@ pub async fn serve(
         ))))
         .add_service(limits!(ElectionServer::new(NotYet)))
         .add_service(limits!(LockServer::new(NotYet)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off: without it a small response waits for the
+/// client's delayed ACK (~40 ms on Linux) before its last segment goes out.
+fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Binds `address` for [`serve`].
@@ -114,6 +120,6 @@ pub async fn serve_peers(
             keel_api::keelraftpb::raft_server::RaftServer::new(service)
                 .max_decoding_message_size(usize::MAX),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }
