@@ -13,36 +13,15 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::{etcdctl, etcdctl_with_stdin, Etcd, Keel, Output};
-
-/// One etcdctl invocation: its arguments, stdin, and text etcd's answer must contain.
-struct Step {
-    args: Vec<String>,
-    stdin: Vec<u8>,
-    expect: Option<String>,
-}
+use support::compare::{check_against_etcd, Step};
+use support::{etcdctl, Etcd, Keel, Output};
 
 fn cmd(line: &str) -> Step {
-    Step {
-        args: line
-            .split(' ')
+    Step::new(
+        line.split(' ')
             .map(|arg| arg.replace("<empty>", ""))
             .collect(),
-        stdin: Vec::new(),
-        expect: None,
-    }
-}
-
-impl Step {
-    fn expect(mut self, text: &str) -> Step {
-        self.expect = Some(text.to_owned());
-        self
-    }
-
-    fn stdin(mut self, input: &str) -> Step {
-        self.stdin = input.as_bytes().to_vec();
-        self
-    }
+    )
 }
 
 /// What must be equal on both servers: exit status, stdout with ids and raft terms taken out,
@@ -96,74 +75,18 @@ fn normalize(output: &Output) -> Seen {
 }
 
 /// Marks where Keel is killed with SIGKILL and started again; etcd keeps running.
-const RESTART: &str = "<kill -9 and restart keel>";
-
-fn run_all(endpoint: &str, steps: &[Step], mut restart: impl FnMut()) -> Vec<Seen> {
-    steps
-        .iter()
-        .map(|step| {
-            if step.args == [RESTART] {
-                restart();
-                return normalize(&Output {
-                    status: Some(0),
-                    stdout: String::new(),
-                    stderr: String::new(),
-                });
-            }
-            let args: Vec<&str> = step.args.iter().map(String::as_str).collect();
-            normalize(&etcdctl_with_stdin(endpoint, &args, &step.stdin))
-        })
-        .collect()
-}
-
 /// Runs `steps` on a fresh etcd and a fresh Keel started with `flags`; fails listing each step
-/// whose answers differ.
+/// whose answers differ, or if a password reached Keel's log.
 fn check(flags: &[&str], steps: &[Step]) {
-    let (etcd_seen, keel_seen) = std::thread::scope(|scope| {
-        let etcd = scope.spawn(|| {
-            let etcd = Etcd::start_with(flags);
-            run_all(&etcd.endpoint(), steps, || {})
-        });
-        let keel = scope.spawn(|| {
-            let mut keel = Keel::start_with(flags);
-            let endpoint = keel.endpoint();
-            let seen = run_all(&endpoint, steps, || keel.restart());
-            let log = keel.log();
-            // No password (every one in these steps ends in "pw") reaches the log.
-            assert!(
-                !log.contains("rootpw") && !log.contains("alicepw"),
-                "a password was logged"
-            );
-            seen
-        });
-        (
-            etcd.join().expect("etcd side"),
-            keel.join().expect("keel side"),
-        )
-    });
-    let mut report = String::new();
-    for ((step, etcd), keel) in steps.iter().zip(&etcd_seen).zip(&keel_seen) {
-        let all = format!("{}\n{}", etcd.stdout, etcd.stderr);
+    let raw = |seen: &Seen| format!("{}\n{}", seen.stdout, seen.stderr);
+    check_against_etcd(flags, steps, normalize, raw, |keel: &Keel| {
+        let log = keel.log();
+        // No password (every one in these steps ends in "pw") reaches the log.
         assert!(
-            !all.contains("unknown flag") && !all.contains("NAME:"),
-            "{:?}: etcdctl refused the command itself:\n{all}",
-            step.args
+            !log.contains("rootpw") && !log.contains("alicepw"),
+            "a password was logged"
         );
-        if let Some(expected) = &step.expect {
-            assert!(
-                all.contains(expected.as_str()),
-                "{:?}: etcd's answer does not contain {expected:?}:\n{all}",
-                step.args
-            );
-        }
-        if etcd != keel {
-            report.push_str(&format!(
-                "\netcdctl {:?}\n  etcd: {etcd:?}\n  keel: {keel:?}\n",
-                step.args
-            ));
-        }
-    }
-    assert!(report.is_empty(), "Keel differs from etcd:{report}");
+    });
 }
 
 const ROOT: &str = "--user root:rootpw";
@@ -344,18 +267,18 @@ fn permissions_with_simple_tokens_match_etcd() {
 fn auth_state_survives_kill_9() {
     let mut steps = enable_auth_steps();
     steps.extend([
-        cmd(RESTART),
+        Step::restart_keel(),
         cmd("get foo1").expect("user name is empty"),
         as_user(ALICE, "get foo1").expect("v1"),
         as_user(ALICE, "get secret").expect("permission denied"),
         as_user(ROOT, "user get alice --detail"),
         as_user(ROOT, "user passwd alice --interactive=false").stdin("alicepw3\n"),
         as_user(ROOT, "auth disable"),
-        cmd(RESTART),
+        Step::restart_keel(),
         cmd("get secret").expect("s"),
         cmd("user list"),
         cmd("auth enable"),
-        cmd(RESTART),
+        Step::restart_keel(),
         cmd("--user alice:alicepw3 get foo1").expect("v1"),
         as_user(ALICE, "get foo1").expect("authentication failed"),
     ]);

@@ -9,74 +9,22 @@
 mod support;
 
 use serde_json::Value;
+use support::compare::{check_against_etcd, Step};
 use support::{etcdctl_with_stdin, Etcd, Keel, Output};
-
-/// One etcdctl invocation.
-struct Step {
-    args: Vec<String>,
-    stdin: Vec<u8>,
-    /// Text etcd's answer must contain: proves the step tests what it means to.
-    expect: Option<String>,
-}
 
 /// A command written as on a shell line; `"..."` quotes (so `""` is the empty key).
 fn cmd(line: &str) -> Step {
-    Step {
-        args: split(line),
-        stdin: Vec::new(),
-        expect: None,
-    }
+    Step::new(split(line))
 }
 
 /// `etcdctl txn` (plus `flags`) reading `input`: compares, blank line, success ops, blank line,
 /// failure ops, blank line.
 fn txn(flags: &str, input: &str) -> Step {
-    let mut step = cmd(&format!("txn {flags}"));
-    step.stdin = input.as_bytes().to_vec();
-    step
+    cmd(&format!("txn {flags}")).stdin(input)
 }
-
-/// Marks where Keel is killed with SIGKILL and started again on its data; etcd is left running.
-const RESTART: &str = "<kill -9 and restart keel>";
 
 fn restart_keel() -> Step {
-    Step {
-        args: vec![RESTART.to_owned()],
-        stdin: Vec::new(),
-        expect: None,
-    }
-}
-
-impl Step {
-    fn expect(mut self, text: &str) -> Step {
-        self.expect = Some(text.to_owned());
-        self
-    }
-
-    fn describe(&self) -> String {
-        let mut args: Vec<String> = self
-            .args
-            .iter()
-            .map(|arg| {
-                if arg.len() > 40 {
-                    format!("<{} bytes>", arg.len())
-                } else {
-                    format!("{arg:?}")
-                }
-            })
-            .collect();
-        if !self.stdin.is_empty() {
-            if self.stdin.len() > 200 {
-                args.push(format!("<stdin {} bytes>", self.stdin.len()));
-            } else {
-                args.push(format!(
-                    "<stdin {:?}>",
-                    String::from_utf8_lossy(&self.stdin)
-                ));
-            }
-        }
-        format!("etcdctl {}", args.join(" "))
-    }
+    Step::restart_keel()
 }
 
 fn split(line: &str) -> Vec<String> {
@@ -160,70 +108,11 @@ fn erase_field_ids(line: &str) -> String {
     line.to_owned()
 }
 
-/// Runs `steps` against `endpoint`, calling `restart` at each [`restart_keel`] step.
-fn run_all(endpoint: &str, steps: &[Step], mut restart: impl FnMut()) -> Vec<Seen> {
-    steps
-        .iter()
-        .map(|step| {
-            if step.args == [RESTART] {
-                restart();
-                return Seen {
-                    status: Some(0),
-                    stdout: String::new(),
-                    stderr: String::new(),
-                };
-            }
-            let args: Vec<&str> = step.args.iter().map(String::as_str).collect();
-            normalize(&etcdctl_with_stdin(endpoint, &args, &step.stdin))
-        })
-        .collect()
-}
-
 /// Runs `steps` on a fresh etcd and a fresh Keel, both started with `flags`, and fails listing
 /// every step whose answers differ.
 fn check(flags: &[&str], steps: &[Step]) {
-    let (etcd_seen, keel_seen) = std::thread::scope(|scope| {
-        let etcd = scope.spawn(|| {
-            let etcd = Etcd::start_with(flags);
-            run_all(&etcd.endpoint(), steps, || {})
-        });
-        let keel = scope.spawn(|| {
-            let mut keel = Keel::start_with(flags);
-            let endpoint = keel.endpoint();
-            run_all(&endpoint, steps, || {
-                keel.kill_9();
-                keel.restart();
-            })
-        });
-        (
-            etcd.join().expect("etcd side"),
-            keel.join().expect("keel side"),
-        )
-    });
-    let mut report = String::new();
-    for ((step, etcd), keel) in steps.iter().zip(&etcd_seen).zip(&keel_seen) {
-        let all = format!("{}\n{}", etcd.stdout, etcd.stderr);
-        // A scenario that only exercises etcdctl's own argument parsing proves nothing.
-        assert!(
-            !all.contains("unknown flag") && !all.contains("NAME:"),
-            "{}: etcdctl refused the command itself:\n{all}",
-            step.describe()
-        );
-        if let Some(expected) = &step.expect {
-            assert!(
-                all.contains(expected.as_str()),
-                "{}: etcd's answer does not contain {expected:?}:\n{all}",
-                step.describe()
-            );
-        }
-        if etcd != keel {
-            report.push_str(&format!(
-                "\n{}\n  etcd: {etcd:?}\n  keel: {keel:?}\n",
-                step.describe()
-            ));
-        }
-    }
-    assert!(report.is_empty(), "Keel differs from etcd:{report}");
+    let raw = |seen: &Seen| format!("{}\n{}", seen.stdout, seen.stderr);
+    check_against_etcd(flags, steps, normalize, raw, |_: &Keel| {});
 }
 
 fn puts(pairs: &[(&str, &str)]) -> Vec<Step> {

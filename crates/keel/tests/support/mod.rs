@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of the harness.
 
+pub mod compare;
+
 use std::fs::File;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
