@@ -58,10 +58,10 @@ pub trait ReadView {
 
 #[derive(Debug)]
 pub(super) struct State {
-    index: TreeIndex,
-    current_revision: i64,
-    compact_revision: i64,
-    consistent_index: u64,
+    pub(super) index: TreeIndex,
+    pub(super) current_revision: i64,
+    pub(super) compact_revision: i64,
+    pub(super) consistent_index: u64,
     /// Commits that changed the auth tables since the store was opened (in memory only), so
     /// readers of the auth state know cheaply when to read it again.
     pub(super) auth_version: u64,
@@ -92,7 +92,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, MvccError> {
         let db = Database::create(path)?;
         let write = db.begin_write()?;
-        let (current_revision, compact_revision, consistent_index) = {
+        {
             let mut meta = write.open_table(META)?;
             let stored_version = meta
                 .get(backend::META_SCHEMA_VERSION)?
@@ -121,56 +121,9 @@ impl Store {
             write.open_table(MEMBERS_RAFT)?;
             write.open_table(MEMBERS_REMOVED)?;
             super::auth_tables::create_tables(&write)?;
-            let read = |name, missing: u64| -> Result<u64, MvccError> {
-                Ok(meta.get(name)?.map_or(missing, |value| value.value()))
-            };
-            (
-                read(backend::META_CURRENT_REVISION, 0)? as i64,
-                // Never compacted is -1, as in etcd: revision 0 can still be compacted once.
-                read(backend::META_COMPACT_REVISION, NEVER_COMPACTED as u64)? as i64,
-                read(backend::META_CONSISTENT_INDEX, 0)?,
-            )
-        };
-        write.commit()?;
-
-        let mut index = TreeIndex::default();
-        let mut last_revision = 0;
-        {
-            let read = db.begin_read()?;
-            let table = read.open_table(KV)?;
-            for record in table.iter()? {
-                let (key, value) = record?;
-                let (main, sub) = key.value();
-                let revision = Revision::new(main, sub);
-                last_revision = main;
-                match backend::decode((main, sub), value.value())? {
-                    Record::Put(kv) => {
-                        let key_index = index.key_index_mut(&kv.key);
-                        if key_index.is_empty() {
-                            key_index.restore(
-                                Revision::new(kv.create_revision, 0),
-                                revision,
-                                kv.version,
-                            );
-                        } else {
-                            key_index.put(revision);
-                        }
-                    }
-                    Record::Tombstone(key) => index.tombstone(&key, revision),
-                }
-            }
         }
-        let state = State {
-            index,
-            // An empty store is at revision 1, so the first write is revision 2, as in etcd.
-            current_revision: current_revision
-                .max(last_revision)
-                .max(compact_revision)
-                .max(1),
-            compact_revision,
-            consistent_index,
-            auth_version: 0,
-        };
+        write.commit()?;
+        let state = load_state(&db, 0)?;
         tracing::info!(
             revision = state.current_revision,
             compact_revision = state.compact_revision,
@@ -190,7 +143,7 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+    pub(super) fn write_state(&self) -> RwLockWriteGuard<'_, State> {
         self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -321,6 +274,50 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Reads the revisions from `meta` and rebuilds the key index from `kv`.
+pub(super) fn load_state(db: &Database, auth_version: u64) -> Result<State, MvccError> {
+    let read = db.begin_read()?;
+    let meta = read.open_table(META)?;
+    let value = |name, missing: u64| -> Result<u64, MvccError> {
+        Ok(meta.get(name)?.map_or(missing, |value| value.value()))
+    };
+    let current_revision = value(backend::META_CURRENT_REVISION, 0)? as i64;
+    // Never compacted is -1, as in etcd: revision 0 can still be compacted once.
+    let compact_revision = value(backend::META_COMPACT_REVISION, NEVER_COMPACTED as u64)? as i64;
+    let consistent_index = value(backend::META_CONSISTENT_INDEX, 0)?;
+    let mut index = TreeIndex::default();
+    let mut last_revision = 0;
+    let table = read.open_table(KV)?;
+    for record in table.iter()? {
+        let (key, value) = record?;
+        let (main, sub) = key.value();
+        let revision = Revision::new(main, sub);
+        last_revision = main;
+        match backend::decode((main, sub), value.value())? {
+            Record::Put(kv) => {
+                let key_index = index.key_index_mut(&kv.key);
+                if key_index.is_empty() {
+                    key_index.restore(Revision::new(kv.create_revision, 0), revision, kv.version);
+                } else {
+                    key_index.put(revision);
+                }
+            }
+            Record::Tombstone(key) => index.tombstone(&key, revision),
+        }
+    }
+    Ok(State {
+        index,
+        // An empty store is at revision 1, so the first write is revision 2, as in etcd.
+        current_revision: current_revision
+            .max(last_revision)
+            .max(compact_revision)
+            .max(1),
+        compact_revision,
+        consistent_index,
+        auth_version,
+    })
 }
 
 fn write_meta(txn: &WriteTransaction, state: &State) -> Result<(), MvccError> {
