@@ -16,6 +16,7 @@
 //! A single-member cluster runs the same path; it campaigns at start and leads at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use keel_api::EtcdError;
 use keel_raft::{
-    ConfChange, ConfChangeKind, Entry, EntryKind, HardState, Message, RawNode, Role, Snapshot,
-    Storage,
+    ConfChange, ConfChangeKind, Entry, EntryKind, HardState, Message, MessageKind, RawNode, Role,
+    Snapshot, SnapshotMetadata, SnapshotStatus, Storage,
 };
 use keel_storage::mvcc::Store;
 use keel_storage::wal::{self, SnapshotMarker, Wal};
@@ -36,6 +37,7 @@ use crate::lease::Lessor;
 use crate::membership::{self, Membership, REMOVED_MESSAGE};
 use crate::raft_log::RaftLog;
 use crate::request::Request;
+use crate::snapshot_transfer::{remove_snapshot_files, snapshot_file};
 use crate::transport::Transport;
 use crate::watch::Published;
 use crate::ServerError;
@@ -44,8 +46,6 @@ use crate::ServerError;
 const INPUTS_PER_ROUND_MAX: usize = 4096;
 /// Proposals and reads held while no leader is known.
 const PARKED_MAX: usize = 4096;
-/// Log entries kept before the durable store state, for members that fall behind.
-const CATCH_UP_ENTRIES: u64 = 5_000;
 /// Changes of one batch handed to watch streams in memory.
 const RECENT_CHANGES_MAX: usize = 16_384;
 
@@ -79,6 +79,11 @@ pub enum Input {
     RaftStatus(oneshot::Sender<keel_raft::Status>),
     /// Hand leadership to this member (MoveLeader).
     TransferLeader(u64),
+    /// A store snapshot sent to peer `to` arrived (`finished`) or not.
+    SnapshotStatus {
+        to: u64,
+        finished: bool,
+    },
     Stop,
 }
 
@@ -148,7 +153,12 @@ pub struct Replica {
     pub own_id: u64,
     pub tick_interval: Duration,
     pub durable_every_entries: u64,
+    /// Log entries kept before the durable store state, for members that fall behind (etcd's
+    /// `--experimental-snapshot-catchup-entries`); a member further behind gets a snapshot.
+    pub catch_up_entries: u64,
     pub parked_timeout: Duration,
+    /// Where store snapshots from the leader wait until the store holds them.
+    pub snap_dir: PathBuf,
     waiters: HashMap<u64, Responder>,
     reads: HashMap<u64, ReadResponder>,
     /// Reads whose index is known, waiting for it to be applied.
@@ -172,7 +182,9 @@ impl Replica {
         founding_members: Vec<MemberInfo>,
         tick_interval: Duration,
         durable_every_entries: u64,
+        catch_up_entries: u64,
         parked_timeout: Duration,
+        snap_dir: PathBuf,
     ) -> Replica {
         let own_id = raw_node.status().id;
         Replica {
@@ -187,7 +199,9 @@ impl Replica {
             founding_members,
             tick_interval,
             durable_every_entries,
+            catch_up_entries,
             parked_timeout,
+            snap_dir,
             waiters: HashMap::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -321,6 +335,14 @@ impl Replica {
             }
             Input::Unreachable(peer) => self.raw_node.report_unreachable(peer),
             Input::TransferLeader(target) => self.raw_node.transfer_leader(target),
+            Input::SnapshotStatus { to, finished } => {
+                let status = if finished {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw_node.report_snapshot(to, status);
+            }
             Input::Stop => return true,
         }
         false
@@ -395,6 +417,15 @@ impl Replica {
             // 2. Messages.
             for message in ready.messages {
                 let to = message.to;
+                if message.kind == MessageKind::Snapshot
+                    && message
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|snapshot| snapshot.metadata.index > 1)
+                {
+                    self.send_store_snapshot(message);
+                    continue;
+                }
                 if !self.transport.send(message) {
                     self.raw_node.report_unreachable(to);
                 }
@@ -493,16 +524,54 @@ impl Replica {
         Ok(())
     }
 
-    /// Writes the leader's snapshot to the WAL and the in-memory log. Only the bootstrap
-    /// snapshot (index 1, no data) is ever sent (see `raft_log.rs`); anything else would need
-    /// the store shipped with it, which Keel does not do yet, so it stops the member rather
-    /// than lose data.
+    /// Sends the store to a peer behind the compacted log, in place of the core's snapshot
+    /// (which only marks where the log was compacted): the metadata becomes the store's applied
+    /// index, with its term and the configuration as of it.
+    fn send_store_snapshot(&mut self, mut message: Message) {
+        let to = message.to;
+        let snapshot = match self.store.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::error!(%error, "cannot take a store snapshot for a peer");
+                self.raw_node.report_snapshot(to, SnapshotStatus::Failure);
+                return;
+            }
+        };
+        let index = snapshot.header().consistent_index;
+        let term = match self.raw_node.storage().term(index) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::error!(index, ?error, "no term for the applied index");
+                self.raw_node.report_snapshot(to, SnapshotStatus::Failure);
+                return;
+            }
+        };
+        if let Some(raft_snapshot) = message.snapshot.as_mut() {
+            raft_snapshot.metadata = SnapshotMetadata {
+                index,
+                term,
+                conf_state: self.raw_node.conf_state(),
+            };
+        }
+        if !self.transport.send_snapshot(message, snapshot) {
+            self.raw_node.report_snapshot(to, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Installs the leader's snapshot. The bootstrap snapshot (index 1, the founding
+    /// configuration) has no data; any other comes with the store, received into a file by the
+    /// peer service (`snapshot_transfer.rs`).
+    ///
+    /// Order, for crashes: the WAL's snapshot marker first (the file stays, so a start that
+    /// finds the store behind the marker installs it), then the store in one durable
+    /// transaction, then the file goes.
     fn persist_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         let index = snapshot.metadata.index;
-        if index != 1 || !snapshot.data.is_empty() {
+        let path = snapshot_file(&self.snap_dir, index);
+        if index > 1 && !path.exists() {
             return Err(format!(
-                "the leader sent a snapshot at index {index}; installing a snapshot with data is \
-                 not supported yet (a member must join before the leader compacts its log)"
+                "the snapshot at index {index} has no data file {}",
+                path.display()
             ));
         }
         self.wal
@@ -510,15 +579,52 @@ impl Replica {
                 term: snapshot.metadata.term,
                 index,
             })
+            .and_then(|()| self.wal.sync())
             .map_err(|error| format!("write-ahead log: {error}"))?;
         self.raw_node
             .storage_mut()
             .apply_snapshot(snapshot.clone())
-            .map_err(|error| format!("installing the bootstrap snapshot: {error}"))?;
+            .map_err(|error| format!("installing the snapshot in the raft log: {error}"))?;
+        if index == 1 {
+            tracing::info!(
+                term = snapshot.metadata.term,
+                voters = ?snapshot.metadata.conf_state.voters,
+                "installed the cluster's bootstrap snapshot from the leader"
+            );
+            return Ok(());
+        }
+        let header = self
+            .store
+            .install(&path)
+            .map_err(|error| format!("installing the snapshot at index {index}: {error}"))?;
+        if header.consistent_index != index {
+            return Err(format!(
+                "the snapshot file for index {index} holds the store at index {}",
+                header.consistent_index
+            ));
+        }
+        remove_snapshot_files(&self.snap_dir, None);
+        self.lessor.reset(
+            self.store
+                .leases()
+                .map_err(|error| format!("reading leases: {error}"))?,
+        );
+        if self.leader == self.own_id {
+            self.lessor.refresh_all();
+        }
+        self.membership_changed()?;
+        self.applied_since_durable = 0;
+        self.revisions.send_replace(Published {
+            revision: self.store.revision(),
+            recent: None,
+        });
         tracing::info!(
+            index,
             term = snapshot.metadata.term,
+            revision = self.store.revision(),
             voters = ?snapshot.metadata.conf_state.voters,
-            "installed the cluster's bootstrap snapshot from the leader"
+            learners = ?snapshot.metadata.conf_state.learners,
+            "installed a store snapshot from the leader"
         );
         Ok(())
     }
@@ -626,7 +732,7 @@ impl Replica {
             .sync()
             .map_err(|error| format!("store: {error}"))?;
         let applied = self.store.consistent_index();
-        let keep_from = applied.saturating_sub(CATCH_UP_ENTRIES);
+        let keep_from = applied.saturating_sub(self.catch_up_entries);
         let first = self
             .raw_node
             .storage()
@@ -700,6 +806,7 @@ fn fail(input: Input, error: ServerError) {
         Input::Step(_)
         | Input::Unreachable(_)
         | Input::TransferLeader(_)
+        | Input::SnapshotStatus { .. }
         | Input::Removed
         | Input::RaftStatus(_)
         | Input::Stop => {}
