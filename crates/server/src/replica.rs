@@ -46,6 +46,10 @@ use crate::ServerError;
 const INPUTS_PER_ROUND_MAX: usize = 4096;
 /// Proposals and reads held while no leader is known.
 const PARKED_MAX: usize = 4096;
+/// Fault injection for the crash-safety test of snapshot installs: when this variable is set,
+/// the member aborts right after a received snapshot's WAL marker is durable, before the store
+/// holds the snapshot (the next start must install it from the kept file).
+pub const CRASH_AFTER_SNAPSHOT_MARKER: &str = "KEEL_TEST_CRASH_AFTER_SNAPSHOT_MARKER";
 /// Changes of one batch handed to watch streams in memory.
 const RECENT_CHANGES_MAX: usize = 16_384;
 
@@ -581,6 +585,13 @@ impl Replica {
             })
             .and_then(|()| self.wal.sync())
             .map_err(|error| format!("write-ahead log: {error}"))?;
+        if index > 1 && std::env::var_os(CRASH_AFTER_SNAPSHOT_MARKER).is_some() {
+            tracing::warn!(
+                index,
+                "{CRASH_AFTER_SNAPSHOT_MARKER} is set: crashing before installing the snapshot"
+            );
+            std::process::abort();
+        }
         self.raw_node
             .storage_mut()
             .apply_snapshot(snapshot.clone())
