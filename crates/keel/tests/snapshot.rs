@@ -173,24 +173,34 @@ async fn write_past_the_log(endpoint: &str, round: usize) -> i64 {
 
 #[test]
 fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_and_keeps_it_after_a_crash() {
-    let mut cluster = Cluster::start(3, &FLAGS);
+    for size in [3, 5] {
+        follower_catches_up(size);
+    }
+}
+
+fn follower_catches_up(size: usize) {
+    let mut cluster = Cluster::start(size, &FLAGS);
     let runtime = runtime();
-    for index in 0..3 {
+    for index in 0..size {
         etcdctl_until_ok(&cluster.endpoint(index), &["put", "ready", "1"]);
     }
     etcdctl_until_ok(&cluster.endpoint(0), &["user", "add", "alice:secret"]);
     let leader = find_leader(&cluster);
-    let behind = (leader + 1) % 3;
+    let behind = (leader + 1) % size;
     signal(&cluster, behind, "-STOP");
     let revision = runtime.block_on(write_past_the_log(&cluster.endpoint(leader), 0));
     etcdctl_until_ok(&cluster.endpoint(leader), &["user", "add", "bob:secret"]);
     signal(&cluster, behind, "-CONT");
 
-    runtime.block_on(wait_for_revision(&cluster, &[0, 1, 2], revision));
+    runtime.block_on(wait_for_revision(
+        &cluster,
+        &(0..size).collect::<Vec<_>>(),
+        revision,
+    ));
     wait_for_installed_snapshot(&cluster, behind);
     assert!(cluster.log(leader).contains("sent a store snapshot"));
     let check = |cluster: &Cluster| {
-        let hashes: Vec<_> = (0..3)
+        let hashes: Vec<_> = (0..size)
             .map(|index| hash_kv(&cluster.endpoint(index)))
             .collect();
         assert!(
@@ -268,7 +278,11 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_and_keeps_i
     let parsed: serde_json::Value = serde_json::from_str(next.trim()).unwrap();
     let after = parsed["header"]["revision"].as_i64().unwrap();
     assert_eq!(after, revision + 1);
-    runtime.block_on(wait_for_revision(&cluster, &[0, 1, 2], after));
+    runtime.block_on(wait_for_revision(
+        &cluster,
+        &(0..size).collect::<Vec<_>>(),
+        after,
+    ));
 }
 
 #[test]
