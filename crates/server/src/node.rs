@@ -88,8 +88,8 @@ pub enum StartError {
     Store(#[from] keel_storage::mvcc::MvccError),
     #[error("log: {0}")]
     Log(String),
-    #[error("the store has applied entry {applied} but the log is committed only to {committed}: the log lost acknowledged writes")]
-    LogBehindStore { applied: u64, committed: u64 },
+    #[error("the store has applied entry {applied} but the log ends at {last}: the log lost acknowledged writes")]
+    LogBehindStore { applied: u64, last: u64 },
     #[error("--initial-cluster does not name this member ({0})")]
     NotInInitialCluster(String),
     #[error("raft: {0}")]
@@ -313,7 +313,8 @@ impl Node {
                 (wal, storage)
             }
         };
-        let hard_state = storage
+        let mut storage = storage;
+        let mut hard_state = storage
             .initial_state()
             .map_err(|error| StartError::Log(format!("{error:?}")))?
             .hard_state;
@@ -325,11 +326,17 @@ impl Node {
             .last_index()
             .map_err(|error| StartError::Log(format!("{error:?}")))?;
         let applied = store.consistent_index();
-        if applied > hard_state.commit {
+        if applied > last_index {
             return Err(StartError::LogBehindStore {
                 applied,
-                committed: hard_state.commit,
+                last: last_index,
             });
+        }
+        if applied > hard_state.commit {
+            // A commit index alone is written without an fsync (as etcd does): the store, which
+            // applies only committed entries, proves a later one.
+            hard_state.commit = applied;
+            storage.set_hard_state(hard_state.clone());
         }
         // A member without even the bootstrap snapshot knows no configuration yet.
         let conf_state = if snapshot_index == 0 {
@@ -423,8 +430,10 @@ impl Node {
                 }
             })
             .map_err(io_error(&config.data_dir))?;
-        // Serve nothing until what was committed before the restart is applied again, so no
-        // read (not even a serializable one) sees less than was acknowledged.
+        // Serve nothing until what is known committed (the durable commit index, or the store's
+        // own index) is applied again. A commit index is fsynced only with entries or a new
+        // term or vote, so a serializable read right after a restart may miss the last writes
+        // until the leader's next message (as in etcd); linearizable reads never do.
         let replayed_from = applied;
         // Entries up to the snapshot are in the store already (it is made durable before the
         // log is compacted), and a new cluster's bootstrap snapshot holds no data.

@@ -27,11 +27,11 @@ use keel_raft::{
     ConfChange, ConfChangeKind, Entry, EntryKind, HardState, Message, MessageKind, RawNode, Role,
     Snapshot, SnapshotMetadata, SnapshotStatus, Storage,
 };
-use keel_storage::mvcc::Store;
+use keel_storage::mvcc::{Store, WriteTxn};
 use keel_storage::wal::{self, SnapshotMarker, Wal};
 use tokio::sync::{oneshot, watch};
 
-use crate::apply::{apply, Response};
+use crate::apply::{apply, apply_in, batchable, Response};
 use crate::data_dir::MemberInfo;
 use crate::lease::Lessor;
 use crate::membership::{self, Membership, REMOVED_MESSAGE};
@@ -89,6 +89,24 @@ pub enum Input {
         finished: bool,
     },
     Stop,
+}
+
+/// Entries applied in one redb transaction, and the answers that wait for its commit.
+struct Batch<'a> {
+    txn: WriteTxn<'a>,
+    answers: Vec<(Responder, Result<Response, ServerError>)>,
+}
+
+impl Batch<'_> {
+    fn commit(self) -> Result<(), String> {
+        self.txn
+            .commit(false)
+            .map_err(|error| format!("committing applied entries: {error}"))?;
+        for (responder, result) in self.answers {
+            let _ = responder.send(result);
+        }
+        Ok(())
+    }
 }
 
 /// What the replica thread tells everyone else.
@@ -171,6 +189,9 @@ pub struct Replica {
     applied_since_durable: u64,
     leader: u64,
     removed: bool,
+    /// Term and vote as last fsynced: a change of either must be durable before anything
+    /// depends on it.
+    durable_term_vote: (u64, Option<u64>),
 }
 
 impl Replica {
@@ -191,6 +212,11 @@ impl Replica {
         snap_dir: PathBuf,
     ) -> Replica {
         let own_id = raw_node.status().id;
+        let durable_term_vote = raw_node
+            .storage()
+            .initial_state()
+            .map(|state| (state.hard_state.term, state.hard_state.vote))
+            .unwrap_or_default();
         Replica {
             raw_node,
             wal,
@@ -213,6 +239,7 @@ impl Replica {
             applied_since_durable: 0,
             leader: 0,
             removed: false,
+            durable_term_vote,
         }
     }
 
@@ -377,18 +404,30 @@ impl Replica {
             if let Some(soft_state) = &ready.soft_state {
                 self.leadership(soft_state.leader.unwrap_or(0), soft_state.role);
             }
-            // 1. Durable before anything that depends on it.
-            let mut wrote = false;
+            // A leader of several voters sends its appends before its own fsync, overlapping
+            // the two (as etcd's does): nothing it sends depends on entries of this Ready
+            // being durable here, since committing them needs a follower's acknowledgement
+            // of them first. A sole voter commits at once, so it sends only afterwards.
+            let send_early = self.leader == self.own_id
+                && !self.shared.sole_voter.load(Ordering::Relaxed)
+                && ready.snapshot.is_none();
+            let mut messages = ready.messages;
+            if send_early {
+                self.send_messages(std::mem::take(&mut messages));
+            }
+            // 1. Durable before anything that depends on it. A commit index alone is written
+            // but not fsynced (etcd's MustSync): losing it loses nothing.
+            let mut must_sync = false;
             if let Some(snapshot) = &ready.snapshot {
                 self.persist_snapshot(snapshot)?;
-                wrote = true;
+                must_sync = true;
             }
             if !ready.entries.is_empty() {
                 let entries: Vec<wal::Entry> = ready.entries.iter().map(to_wal_entry).collect();
                 self.wal
                     .append_entries(&entries)
                     .map_err(|error| format!("write-ahead log: {error}"))?;
-                wrote = true;
+                must_sync = true;
             }
             if let Some(hard_state) = &ready.hard_state {
                 self.wal
@@ -402,9 +441,13 @@ impl Replica {
                 self.shared
                     .commit_index
                     .store(hard_state.commit, Ordering::Relaxed);
-                wrote = true;
+                let term_vote = (hard_state.term, hard_state.vote);
+                if term_vote != self.durable_term_vote {
+                    self.durable_term_vote = term_vote;
+                    must_sync = true;
+                }
             }
-            if wrote {
+            if must_sync {
                 self.wal
                     .sync()
                     .map_err(|error| format!("write-ahead log: {error}"))?;
@@ -419,21 +462,7 @@ impl Replica {
                 self.shared.last_index.store(last.index, Ordering::Relaxed);
             }
             // 2. Messages.
-            for message in ready.messages {
-                let to = message.to;
-                if message.kind == MessageKind::Snapshot
-                    && message
-                        .snapshot
-                        .as_ref()
-                        .is_some_and(|snapshot| snapshot.metadata.index > 1)
-                {
-                    self.send_store_snapshot(message);
-                    continue;
-                }
-                if !self.transport.send(message) {
-                    self.raw_node.report_unreachable(to);
-                }
-            }
+            self.send_messages(messages);
             // 3. Apply.
             self.apply_committed(ready.committed_entries)?;
             // 4. Reads.
@@ -450,6 +479,24 @@ impl Replica {
             self.maybe_compact()?;
         }
         Ok(())
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            if message.kind == MessageKind::Snapshot
+                && message
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|snapshot| snapshot.metadata.index > 1)
+            {
+                self.send_store_snapshot(message);
+                continue;
+            }
+            if !self.transport.send(message) {
+                self.raw_node.report_unreachable(to);
+            }
+        }
     }
 
     fn leadership(&mut self, leader: u64, role: Role) {
@@ -476,16 +523,48 @@ impl Replica {
         }
         let revision_before = self.store.revision();
         let applied_before = self.store.consistent_index();
+        // Consecutive requests on keys and leases share one redb transaction (one commit for
+        // the batch); their proposers are answered once it is committed.
+        let store = Arc::clone(&self.store);
+        let mut batch: Option<Batch<'_>> = None;
         for entry in &entries {
             if entry.index <= applied_before {
                 // Applied before a restart; the store has it.
                 continue;
             }
             match entry.kind {
-                EntryKind::Normal if entry.data.is_empty() => self.store.skip(entry.index),
+                EntryKind::Normal if entry.data.is_empty() => match batch.as_mut() {
+                    Some(batch) => batch.txn.next_entry(entry.index),
+                    None => self.store.skip(entry.index),
+                },
                 EntryKind::Normal => {
                     let (id, request) = Request::decode(&entry.data)
                         .map_err(|error| format!("entry {}: {error}", entry.index))?;
+                    if batchable(&request) {
+                        let batch = match batch.as_mut() {
+                            Some(batch) => {
+                                batch.txn.next_entry(entry.index);
+                                batch
+                            }
+                            None => batch.insert(Batch {
+                                txn: store.write(entry.index).map_err(|error| {
+                                    format!("applying entry {}: {error}", entry.index)
+                                })?,
+                                answers: Vec::new(),
+                            }),
+                        };
+                        let result = apply_in(&mut batch.txn, &self.lessor, &request);
+                        if let Err(ServerError::Fatal(reason)) = &result {
+                            return Err(format!("applying entry {}: {reason}", entry.index));
+                        }
+                        if let Some(responder) = self.waiters.remove(&id) {
+                            batch.answers.push((responder, result));
+                        }
+                        continue;
+                    }
+                    if let Some(batch) = batch.take() {
+                        batch.commit()?;
+                    }
                     let result = apply(
                         &self.store,
                         &self.lessor,
@@ -504,6 +583,9 @@ impl Replica {
                     }
                 }
                 EntryKind::ConfChange => {
+                    if let Some(batch) = batch.take() {
+                        batch.commit()?;
+                    }
                     let (id, result) = self.apply_conf_change(entry.index, &entry.data)?;
                     if let Some(responder) = id.and_then(|id| self.waiters.remove(&id)) {
                         let _ = responder.send(result);
@@ -513,6 +595,9 @@ impl Replica {
                     }
                 }
             }
+        }
+        if let Some(batch) = batch.take() {
+            batch.commit()?;
         }
         self.applied_since_durable += entries.len() as u64;
         let revision = self.store.revision();

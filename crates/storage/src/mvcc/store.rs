@@ -209,6 +209,7 @@ impl Store {
             state,
             txn,
             begin_revision,
+            batch_changes: false,
             changes: 0,
             lease_changes: false,
             member_changes: false,
@@ -426,11 +427,15 @@ impl ReadView for ReadTxn<'_> {
     }
 }
 
-/// The changes of one log entry: every put and delete in it share one main revision.
+/// The changes of one log entry: every put and delete in it share one main revision. Several
+/// consecutive entries may share one redb transaction ([`WriteTxn::next_entry`]): each still
+/// gets its own revision, and the batch costs one commit.
 pub struct WriteTxn<'a> {
     state: RwLockWriteGuard<'a, State>,
     pub(super) txn: WriteTransaction,
     begin_revision: i64,
+    /// Earlier entries of the batch changed keys: the transaction must commit.
+    batch_changes: bool,
     /// Changes so far; the next change's sub revision.
     changes: i64,
     /// Leases granted or revoked: the transaction must commit even without key changes.
@@ -510,6 +515,26 @@ impl WriteTxn<'_> {
         Ok((doomed.len() as i64, main))
     }
 
+    /// Ends the changes of the current entry and starts those of log entry `consistent_index`
+    /// in the same redb transaction. The store's readers wait until [`WriteTxn::commit`] (the
+    /// write lock is held throughout), so nobody sees an entry of the batch before all of them
+    /// are in redb. An entry whose request failed changed nothing and needs no undo: every
+    /// check runs before the first change.
+    pub fn next_entry(&mut self, consistent_index: u64) {
+        assert!(
+            consistent_index > self.consistent_index,
+            "log entry {consistent_index} applied after entry {}",
+            self.consistent_index
+        );
+        if self.changes > 0 {
+            self.state.current_revision = self.begin_revision + 1;
+            self.batch_changes = true;
+        }
+        self.begin_revision = self.state.current_revision;
+        self.changes = 0;
+        self.consistent_index = consistent_index;
+    }
+
     /// Ends the transaction; returns the store's revision after it. With `durable`, the redb
     /// state reaches disk before this returns.
     pub fn commit(mut self, durable: bool) -> Result<i64, MvccError> {
@@ -518,6 +543,7 @@ impl WriteTxn<'_> {
             self.state.current_revision = self.begin_revision + 1;
         }
         if self.changes > 0
+            || self.batch_changes
             || self.lease_changes
             || self.member_changes
             || self.auth_changes
