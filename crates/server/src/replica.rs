@@ -182,7 +182,11 @@ pub struct Replica {
     /// Where store snapshots from the leader wait until the store holds them.
     pub snap_dir: PathBuf,
     waiters: HashMap<u64, Responder>,
-    reads: HashMap<u64, ReadResponder>,
+    /// Linearizable reads waiting for their ReadIndex round, by the round's id.
+    reads: HashMap<u64, Vec<ReadResponder>>,
+    /// Reads that arrived this round: they share one ReadIndex round (one heartbeat to every
+    /// peer), as etcd's batch concurrent reads. Keyed by the first one's id.
+    read_batch: Option<(u64, Vec<ReadResponder>)>,
     /// Reads whose index is known, waiting for it to be applied.
     ready_reads: Vec<(u64, u64)>,
     parked: VecDeque<(Instant, Input)>,
@@ -234,6 +238,7 @@ impl Replica {
             snap_dir,
             waiters: HashMap::new(),
             reads: HashMap::new(),
+            read_batch: None,
             ready_reads: Vec::new(),
             parked: VecDeque::new(),
             applied_since_durable: 0,
@@ -265,6 +270,7 @@ impl Replica {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => stop = true,
             }
+            self.start_read_batch();
             if Instant::now() >= next_tick {
                 self.raw_node.tick();
                 next_tick = Instant::now() + self.tick_interval;
@@ -321,14 +327,10 @@ impl Replica {
                     self.park(Input::ReadIndex { id, responder });
                     return false;
                 }
-                match self.raw_node.read_index(id.to_le_bytes().to_vec()) {
-                    Ok(()) => {
-                        self.reads.insert(id, responder);
-                    }
-                    Err(error) => {
-                        let _ = responder.send(Err(proposal_error(&error)));
-                    }
-                }
+                self.read_batch
+                    .get_or_insert_with(|| (id, Vec::new()))
+                    .1
+                    .push(responder);
             }
             Input::ProposeConfChange {
                 id,
@@ -377,6 +379,23 @@ impl Replica {
             Input::Stop => return true,
         }
         false
+    }
+
+    /// Starts one ReadIndex round for the reads that arrived since the last one.
+    fn start_read_batch(&mut self) {
+        let Some((id, responders)) = self.read_batch.take() else {
+            return;
+        };
+        match self.raw_node.read_index(id.to_le_bytes().to_vec()) {
+            Ok(()) => {
+                self.reads.insert(id, responders);
+            }
+            Err(error) => {
+                for responder in responders {
+                    let _ = responder.send(Err(proposal_error(&error)));
+                }
+            }
+        }
     }
 
     fn park(&mut self, input: Input) {
@@ -513,6 +532,7 @@ impl Replica {
                 for input in parked {
                     self.handle(input);
                 }
+                self.start_read_batch();
             }
         }
     }
@@ -810,7 +830,7 @@ impl Replica {
             if *index > applied {
                 return true;
             }
-            if let Some(responder) = reads.remove(id) {
+            for responder in reads.remove(id).unwrap_or_default() {
                 let _ = responder.send(Ok(*index));
             }
             false
