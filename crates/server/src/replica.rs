@@ -50,6 +50,11 @@ const PARKED_MAX: usize = 4096;
 /// the member aborts right after a received snapshot's WAL marker is durable, before the store
 /// holds the snapshot (the next start must install it from the kept file).
 pub const CRASH_AFTER_SNAPSHOT_MARKER: &str = "KEEL_TEST_CRASH_AFTER_SNAPSHOT_MARKER";
+/// Log bytes applied before the store is made durable and the log behind it released, whatever
+/// `--snapshot-count` says.
+const DURABLE_EVERY_BYTES: u64 = 64 << 20;
+/// At most this much log (by the recent average entry size) is kept for slow followers.
+const CATCH_UP_BYTES_MAX: u64 = 64 << 20;
 /// Changes of one batch handed to watch streams in memory.
 const RECENT_CHANGES_MAX: usize = 16_384;
 
@@ -191,6 +196,8 @@ pub struct Replica {
     ready_reads: Vec<(u64, u64)>,
     parked: VecDeque<(Instant, Input)>,
     applied_since_durable: u64,
+    /// Bytes of log entries applied since then.
+    applied_bytes_since_durable: u64,
     leader: u64,
     removed: bool,
     /// Term and vote as last fsynced: a change of either must be durable before anything
@@ -242,6 +249,7 @@ impl Replica {
             ready_reads: Vec::new(),
             parked: VecDeque::new(),
             applied_since_durable: 0,
+            applied_bytes_since_durable: 0,
             leader: 0,
             removed: false,
             durable_term_vote,
@@ -620,6 +628,10 @@ impl Replica {
             batch.commit()?;
         }
         self.applied_since_durable += entries.len() as u64;
+        self.applied_bytes_since_durable += entries
+            .iter()
+            .map(|entry| entry.data.len() as u64)
+            .sum::<u64>();
         let revision = self.store.revision();
         if revision != revision_before {
             // One read of the batch's changes here saves every watch stream its own.
@@ -730,6 +742,7 @@ impl Replica {
         }
         self.membership_changed()?;
         self.applied_since_durable = 0;
+        self.applied_bytes_since_durable = 0;
         self.revisions.send_replace(Published {
             revision: self.store.revision(),
             recent: None,
@@ -840,15 +853,27 @@ impl Replica {
     /// Makes the store durable every so often, then drops the log it no longer needs (keeping
     /// some for members that fall behind).
     fn maybe_compact(&mut self) -> Result<(), String> {
-        if self.applied_since_durable < self.durable_every_entries {
+        if self.applied_since_durable < self.durable_every_entries
+            && self.applied_bytes_since_durable < DURABLE_EVERY_BYTES
+        {
             return Ok(());
         }
+        // Large entries (big transactions) count by size: the log kept for slow followers is
+        // held in memory and replayed at start, so it is bounded in bytes too (a follower
+        // further behind gets a snapshot).
+        let entry_bytes =
+            (self.applied_bytes_since_durable / self.applied_since_durable.max(1)).max(1);
+        let catch_up_entries = self
+            .catch_up_entries
+            .min(CATCH_UP_BYTES_MAX / entry_bytes)
+            .max(1);
         self.applied_since_durable = 0;
+        self.applied_bytes_since_durable = 0;
         self.store
             .sync()
             .map_err(|error| format!("store: {error}"))?;
         let applied = self.store.consistent_index();
-        let keep_from = applied.saturating_sub(self.catch_up_entries);
+        let keep_from = applied.saturating_sub(catch_up_entries);
         let first = self
             .raw_node
             .storage()
