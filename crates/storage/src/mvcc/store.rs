@@ -304,8 +304,8 @@ pub(super) fn load_state(db: &Database, auth_version: u64) -> Result<State, Mvcc
         let (main, sub) = key.value();
         let revision = Revision::new(main, sub);
         last_revision = main;
-        match backend::decode((main, sub), value.value())? {
-            Record::Put(kv) => {
+        match backend::decode_key((main, sub), value.value())? {
+            (true, kv) => {
                 let key_index = index.key_index_mut(&kv.key);
                 if key_index.is_empty() {
                     key_index.restore(Revision::new(kv.create_revision, 0), revision, kv.version);
@@ -313,7 +313,7 @@ pub(super) fn load_state(db: &Database, auth_version: u64) -> Result<State, Mvcc
                     key_index.put(revision);
                 }
             }
-            Record::Tombstone(key) => index.tombstone(&key, revision),
+            (false, kv) => index.tombstone(&kv.key, revision),
         }
     }
     Ok(State {
