@@ -203,6 +203,8 @@ pub struct Replica {
     /// Term and vote as last fsynced: a change of either must be durable before anything
     /// depends on it.
     durable_term_vote: (u64, Option<u64>),
+    /// The last log index known durable in the WAL.
+    durable_index: u64,
 }
 
 impl Replica {
@@ -223,6 +225,7 @@ impl Replica {
         snap_dir: PathBuf,
     ) -> Replica {
         let own_id = raw_node.status().id;
+        let durable_index = raw_node.storage().last_index().unwrap_or(0);
         let durable_term_vote = raw_node
             .storage()
             .initial_state()
@@ -253,6 +256,7 @@ impl Replica {
             leader: 0,
             removed: false,
             durable_term_vote,
+            durable_index,
         }
     }
 
@@ -439,8 +443,18 @@ impl Replica {
                 && !self.shared.sole_voter.load(Ordering::Relaxed)
                 && ready.snapshot.is_none();
             let mut messages = ready.messages;
+            let mut committed = ready.committed_entries;
             if send_early {
                 self.send_messages(std::mem::take(&mut messages));
+                // Entries a leader sees committed were made durable here in earlier Readies
+                // (committing needs a follower's acknowledgement of entries sent after that):
+                // apply them and answer their proposers now, not after this Ready's fsync.
+                if committed
+                    .last()
+                    .is_some_and(|entry| entry.index <= self.durable_index)
+                {
+                    self.apply_committed(std::mem::take(&mut committed))?;
+                }
             }
             // 1. Durable before anything that depends on it. A commit index alone is written
             // but not fsynced (etcd's MustSync): losing it loses nothing.
@@ -479,6 +493,12 @@ impl Replica {
                     .sync()
                     .map_err(|error| format!("write-ahead log: {error}"))?;
             }
+            if let Some(snapshot) = &ready.snapshot {
+                self.durable_index = self.durable_index.max(snapshot.metadata.index);
+            }
+            if let Some(last) = ready.entries.last() {
+                self.durable_index = last.index;
+            }
             if !ready.entries.is_empty() {
                 self.raw_node.storage_mut().append(&ready.entries);
             }
@@ -490,8 +510,8 @@ impl Replica {
             }
             // 2. Messages.
             self.send_messages(messages);
-            // 3. Apply.
-            self.apply_committed(ready.committed_entries)?;
+            // 3. Apply (what was not applied above).
+            self.apply_committed(committed)?;
             // 4. Reads.
             for read in ready.read_states {
                 let Ok(id_bytes) = <[u8; 8]>::try_from(read.context.as_slice()) else {
