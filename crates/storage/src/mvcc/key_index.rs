@@ -50,7 +50,9 @@ impl KeyIndex {
             self.modified
         );
         if self.generations.is_empty() {
-            self.generations.push(Generation::default());
+            // Most keys have one generation of one revision: exact capacities keep a million
+            // keys ~190 MB smaller than Vec's growth from 4 would.
+            self.generations = vec![Generation::default()];
         }
         let generation = self
             .generations
@@ -58,6 +60,7 @@ impl KeyIndex {
             .expect("just ensured a generation");
         if generation.is_empty() {
             generation.created = revision;
+            generation.revisions.reserve_exact(1);
         }
         generation.revisions.push(revision);
         generation.version += 1;
@@ -69,11 +72,11 @@ impl KeyIndex {
     pub fn restore(&mut self, created: Revision, modified: Revision, version: i64) {
         debug_assert!(self.generations.is_empty());
         self.modified = modified;
-        self.generations.push(Generation {
+        self.generations = vec![Generation {
             version,
             created,
             revisions: vec![modified],
-        });
+        }];
     }
 
     /// Records a delete at `revision`: the tombstone closes the live generation.
@@ -90,6 +93,7 @@ impl KeyIndex {
         } else {
             self.put(revision);
         }
+        self.generations.reserve_exact(1);
         self.generations.push(Generation::default());
     }
 
