@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use keel_api::EtcdError;
 use keel_raft::{
@@ -36,6 +36,7 @@ use crate::lease::Lessor;
 use crate::membership::{self, Membership, REMOVED_MESSAGE};
 use crate::raft_log::RaftLog;
 use crate::request::Request;
+use crate::telemetry::{EntryTrace, RaftSpans};
 use crate::transport::Transport;
 use crate::watch::Published;
 use crate::ServerError;
@@ -63,6 +64,8 @@ pub enum Input {
     ReadIndex {
         id: u64,
         responder: ReadResponder,
+        /// The reader's span, when tracing is on and it is sampled.
+        trace: Option<EntryTrace>,
     },
     /// A membership change; `id` (also in the change's context) finds the proposer when the
     /// entry applies.
@@ -157,6 +160,8 @@ pub struct Replica {
     applied_since_durable: u64,
     leader: u64,
     removed: bool,
+    /// Spans for traced entries and reads; None while tracing is off.
+    spans: Option<RaftSpans>,
 }
 
 impl Replica {
@@ -195,6 +200,7 @@ impl Replica {
             applied_since_durable: 0,
             leader: 0,
             removed: false,
+            spans: RaftSpans::new(own_id),
         }
     }
 
@@ -271,14 +277,25 @@ impl Replica {
                     }
                 }
             }
-            Input::ReadIndex { id, responder } => {
+            Input::ReadIndex {
+                id,
+                responder,
+                trace,
+            } => {
                 if self.leader == 0 {
-                    self.park(Input::ReadIndex { id, responder });
+                    self.park(Input::ReadIndex {
+                        id,
+                        responder,
+                        trace,
+                    });
                     return false;
                 }
                 match self.raw_node.read_index(id.to_le_bytes().to_vec()) {
                     Ok(()) => {
                         self.reads.insert(id, responder);
+                        if let (Some(spans), Some(trace)) = (&mut self.spans, trace) {
+                            spans.read_requested(id, trace);
+                        }
                     }
                     Err(error) => {
                         let _ = responder.send(Err(proposal_error(&error)));
@@ -353,6 +370,7 @@ impl Replica {
             }
             // 1. Durable before anything that depends on it.
             let mut wrote = false;
+            let append_started = self.spans.is_some().then(SystemTime::now);
             if let Some(snapshot) = &ready.snapshot {
                 self.persist_snapshot(snapshot)?;
                 wrote = true;
@@ -383,6 +401,12 @@ impl Replica {
                     .sync()
                     .map_err(|error| format!("write-ahead log: {error}"))?;
             }
+            if let (Some(spans), Some(started)) = (&mut self.spans, append_started) {
+                if !ready.entries.is_empty() {
+                    let term = self.shared.term.load(Ordering::Relaxed);
+                    spans.appended(&ready.entries, started, term);
+                }
+            }
             if !ready.entries.is_empty() {
                 self.raw_node.storage_mut().append(&ready.entries);
             }
@@ -406,8 +430,11 @@ impl Replica {
                 let Ok(id_bytes) = <[u8; 8]>::try_from(read.context.as_slice()) else {
                     continue;
                 };
-                self.ready_reads
-                    .push((read.index, u64::from_le_bytes(id_bytes)));
+                let id = u64::from_le_bytes(id_bytes);
+                if let Some(spans) = &mut self.spans {
+                    spans.read_indexed(id, read.index);
+                }
+                self.ready_reads.push((read.index, id));
             }
             self.answer_reads();
             // 5.
@@ -451,6 +478,11 @@ impl Replica {
                 EntryKind::Normal => {
                     let (id, request) = Request::decode(&entry.data)
                         .map_err(|error| format!("entry {}: {error}", entry.index))?;
+                    let leading = self.leader == self.own_id;
+                    let applying = self
+                        .spans
+                        .as_mut()
+                        .and_then(|spans| spans.committed(entry.index, leading));
                     let result = apply(
                         &self.store,
                         &self.lessor,
@@ -460,6 +492,9 @@ impl Replica {
                     );
                     if let Err(ServerError::Fatal(reason)) = &result {
                         return Err(format!("applying entry {}: {reason}", entry.index));
+                    }
+                    if let (Some(spans), Some(applying)) = (&self.spans, applying) {
+                        spans.applied(applying, result.is_ok(), self.store.revision());
                     }
                     if matches!(request, Request::MemberUpdate(_)) && result.is_ok() {
                         self.membership_changed()?;
@@ -604,12 +639,16 @@ impl Replica {
         }
         let applied = self.store.consistent_index();
         let reads = &mut self.reads;
+        let spans = &mut self.spans;
         self.ready_reads.retain(|(index, id)| {
             if *index > applied {
                 return true;
             }
             if let Some(responder) = reads.remove(id) {
                 let _ = responder.send(Ok(*index));
+            }
+            if let Some(spans) = spans {
+                spans.read_answered(*id, Some(applied));
             }
             false
         });
