@@ -21,5 +21,5 @@ mod trace_context;
 pub use client::{Client, LeaseKeeper, WatchStream};
 pub use error::Error;
 pub use keel_api::etcdserverpb as proto;
-pub use trace_context::TraceContextInterceptor;
 pub use options::{prefix_end, DeleteOptions, GetOptions, PutOptions};
+pub use trace_context::TraceContextInterceptor;

@@ -154,13 +154,26 @@ pub struct Flags {
     /// Address of the OTLP collector (gRPC: host:port [default: localhost:4317]; with
     /// OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf an http:// URL). Unset, the standard
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT apply.
-    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_ADDRESS", alias = "experimental-distributed-tracing-address")]
+    #[arg(
+        long,
+        env = "ETCD_DISTRIBUTED_TRACING_ADDRESS",
+        alias = "experimental-distributed-tracing-address"
+    )]
     pub distributed_tracing_address: Option<String>,
     /// Service name of this member's spans (unset: OTEL_SERVICE_NAME, else "etcd", etcd's default).
-    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_SERVICE_NAME", alias = "experimental-distributed-tracing-service-name")]
+    #[arg(
+        long,
+        env = "ETCD_DISTRIBUTED_TRACING_SERVICE_NAME",
+        alias = "experimental-distributed-tracing-service-name"
+    )]
     pub distributed_tracing_service_name: Option<String>,
     /// Service instance id of this member's spans, unique per member (empty: the member's --name).
-    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_INSTANCE_ID", alias = "experimental-distributed-tracing-instance-id", default_value = "")]
+    #[arg(
+        long,
+        env = "ETCD_DISTRIBUTED_TRACING_INSTANCE_ID",
+        alias = "experimental-distributed-tracing-instance-id",
+        default_value = ""
+    )]
     pub distributed_tracing_instance_id: String,
     /// Traces sampled per million requests that start one (0 samples none; at most 1000000).
     #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_SAMPLING_RATE", alias = "experimental-distributed-tracing-sampling-rate",

@@ -83,6 +83,25 @@ fn init_logging(flags: &Flags, telemetry: Option<&Telemetry>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
     });
+    let Some(telemetry) = telemetry else {
+        // Tracing off: exactly the subscriber Keel had before tracing existed.
+        let builder = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false);
+        if flags.log_outputs == "stdout" {
+            builder.with_writer(std::io::stdout).init();
+        } else {
+            builder.with_writer(std::io::stderr).init();
+        }
+        return;
+    };
+    // The tracing spans are for OpenTelemetry only: the log layer would format every span's
+    // fields for nothing.
+    let filter = ["grpc", "raft", "kv", "lease", "watch"]
+        .iter()
+        .filter_map(|target| format!("keel::{target}=warn").parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     let writer = if flags.log_outputs == "stdout" {
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
     } else {
@@ -94,14 +113,18 @@ fn init_logging(flags: &Flags, telemetry: Option<&Telemetry>) {
         .with_span_list(false)
         .with_writer(writer)
         .with_filter(filter);
-    let spans = telemetry.map(|telemetry| {
-        tracing_opentelemetry::layer()
-            .with_tracer(telemetry.tracer())
-            .with_filter(tracing_subscriber::filter::Targets::new().with_target(
-                "keel",
-                tracing::Level::INFO,
-            ))
-    });
+    // Only what Keel's spans say: no source locations, threads, targets, levels or busy/idle
+    // timings, each an attribute (and allocations) on every span.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(telemetry.tracer())
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        .with_tracked_inactivity(false)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("keel", tracing::Level::INFO),
+        );
     tracing_subscriber::registry().with(logs).with(spans).init();
 }
 

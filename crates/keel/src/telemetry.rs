@@ -24,7 +24,10 @@ pub enum TelemetryError {
     #[error("OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("{variable}: unsupported OTLP protocol {value:?} (grpc or http/protobuf)")]
-    Protocol { variable: &'static str, value: String },
+    Protocol {
+        variable: &'static str,
+        value: String,
+    },
     #[error("cannot start the span export thread: {0}")]
     Thread(#[from] std::io::Error),
 }

@@ -55,7 +55,11 @@ fn hex(bytes: &[u8]) -> String {
 fn attributes(list: &[KeyValue]) -> HashMap<String, String> {
     list.iter()
         .map(|attribute| {
-            let value = match attribute.value.as_ref().and_then(|value| value.value.as_ref()) {
+            let value = match attribute
+                .value
+                .as_ref()
+                .and_then(|value| value.value.as_ref())
+            {
                 Some(Value::StringValue(text)) => text.clone(),
                 Some(Value::IntValue(number)) => number.to_string(),
                 Some(Value::BoolValue(flag)) => flag.to_string(),
@@ -187,7 +191,9 @@ fn random_hex(bytes: usize) -> String {
 }
 
 async fn raw_kv(endpoint: &str) -> KvClient<tonic::transport::Channel> {
-    KvClient::connect(format!("http://{endpoint}")).await.unwrap()
+    KvClient::connect(format!("http://{endpoint}"))
+        .await
+        .unwrap()
 }
 
 fn with_metadata<T>(message: T, metadata: &[(&'static str, &str)]) -> tonic::Request<T> {
@@ -208,7 +214,11 @@ fn put(key: &str) -> PutRequest {
     }
 }
 
-fn one<'a>(spans: &'a [&'a Received], what: &str, found: impl Fn(&Received) -> bool) -> &'a Received {
+fn one<'a>(
+    spans: &'a [&'a Received],
+    what: &str,
+    found: impl Fn(&Received) -> bool,
+) -> &'a Received {
     let matching: Vec<&&Received> = spans.iter().filter(|span| found(span)).collect();
     assert_eq!(matching.len(), 1, "exactly one {what} in:\n{spans:#?}");
     matching[0]
@@ -226,12 +236,18 @@ async fn leader_index(cluster: &Cluster) -> usize {
                 }
             }
         }
-        if views.len() == cluster.size() && views[0].2 != 0 && views.iter().all(|view| view.2 == views[0].2) {
+        if views.len() == cluster.size()
+            && views[0].2 != 0
+            && views.iter().all(|view| view.2 == views[0].2)
+        {
             if let Some(view) = views.iter().find(|view| view.1 == views[0].2) {
                 return view.0;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "no leader: {views:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no leader: {views:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -254,9 +270,12 @@ fn a_put_through_a_follower_is_one_trace_with_the_leaders_raft_spans() {
     let traceparent = format!("00-{trace_id}-{client_span}-01");
     runtime.block_on(async {
         let mut kv = raw_kv(&cluster.endpoint(follower)).await;
-        kv.put(with_metadata(put("traced/put"), &[("traceparent", &traceparent)]))
-            .await
-            .unwrap();
+        kv.put(with_metadata(
+            put("traced/put"),
+            &[("traceparent", &traceparent)],
+        ))
+        .await
+        .unwrap();
         // A linearizable read through the same follower, in the same trace.
         kv.range(with_metadata(
             RangeRequest {
@@ -284,26 +303,60 @@ fn a_put_through_a_follower_is_one_trace_with_the_leaders_raft_spans() {
         (&follower_name, "range"),
     ];
     let spans = collector.wait_for("the put's and the range's spans", |spans| {
-        expected.iter().all(|(instance, name)| {
-            spans.iter().any(|span| {
-                span.trace_id == trace_id && &span.instance == *instance && span.name == *name
+        let responds = spans
+            .iter()
+            .filter(|span| span.trace_id == trace_id && span.name == "respond")
+            .count();
+        responds == 2
+            && expected.iter().all(|(instance, name)| {
+                spans.iter().any(|span| {
+                    span.trace_id == trace_id && &span.instance == *instance && span.name == *name
+                })
             })
-        })
     });
-    let trace: Vec<&Received> = spans.iter().filter(|span| span.trace_id == trace_id).collect();
+    let trace: Vec<&Received> = spans
+        .iter()
+        .filter(|span| span.trace_id == trace_id)
+        .collect();
     let instances: BTreeSet<&str> = trace.iter().map(|span| span.instance.as_str()).collect();
-    assert!(instances.len() >= 2, "spans from the follower and the leader: {instances:?}");
-    assert!(trace.iter().all(|span| span.service == "keel"), "{trace:#?}");
+    assert!(
+        instances.len() >= 2,
+        "spans from the follower and the leader: {instances:?}"
+    );
+    assert!(
+        trace.iter().all(|span| span.service == "keel"),
+        "{trace:#?}"
+    );
 
-    let put_span = one(&trace, "Put server span", |span| span.name == "etcdserverpb.KV/Put");
-    assert_eq!(put_span.parent_span_id, client_span, "the client's span is the parent");
+    let put_span = one(&trace, "Put server span", |span| {
+        span.name == "etcdserverpb.KV/Put"
+    });
+    assert_eq!(
+        put_span.parent_span_id, client_span,
+        "the client's span is the parent"
+    );
     assert_eq!(put_span.kind, KIND_SERVER);
     assert_eq!(put_span.instance, follower_name);
-    assert_eq!(put_span.attributes.get("rpc.system").map(String::as_str), Some("grpc"));
-    assert_eq!(put_span.attributes.get("rpc.method").map(String::as_str), Some("Put"));
-    assert_eq!(put_span.attributes.get("etcd.key").map(String::as_str), Some("traced/put"));
-    assert!(put_span.attributes.contains_key("etcd.revision"), "{put_span:#?}");
-    assert!(put_span.attributes.contains_key("raft.term"), "{put_span:#?}");
+    assert_eq!(
+        put_span.attributes.get("rpc.system").map(String::as_str),
+        Some("grpc")
+    );
+    assert_eq!(
+        put_span.attributes.get("rpc.method").map(String::as_str),
+        Some("Put")
+    );
+    assert_eq!(
+        put_span.attributes.get("etcd.key").map(String::as_str),
+        Some("traced/put")
+    );
+    assert!(
+        put_span.attributes.contains_key("etcd.revision"),
+        "{put_span:#?}"
+    );
+    assert!(
+        put_span.attributes.contains_key("raft.term"),
+        "{put_span:#?}"
+    );
     let propose = one(&trace, "raft.propose", |span| span.name == "raft.propose");
     assert_eq!(propose.parent_span_id, put_span.span_id);
     for (instance, name) in &expected[2..8] {
@@ -317,7 +370,13 @@ fn a_put_through_a_follower_is_one_trace_with_the_leaders_raft_spans() {
         assert_eq!(span.kind, KIND_INTERNAL);
     }
 
-    let range_span = one(&trace, "Range server span", |span| span.name == "etcdserverpb.KV/Range");
+    one(&trace, "the put's respond span", |span| {
+        span.name == "respond" && span.parent_span_id == put_span.span_id
+    });
+
+    let range_span = one(&trace, "Range server span", |span| {
+        span.name == "etcdserverpb.KV/Range"
+    });
     assert_eq!(range_span.parent_span_id, client_span);
     for name in ["raft.read_index", "raft.wait_apply", "range"] {
         let span = one(&trace, name, |span| span.name == name);
@@ -356,7 +415,10 @@ fn w3c_and_jaeger_contexts_from_clients_are_continued() {
         kv.put(with_metadata(
             put("jaeger"),
             &[
-                ("uber-trace-id", &format!("{jaeger_trace}%3A{jaeger_span}%3A0%3A1")),
+                (
+                    "uber-trace-id",
+                    &format!("{jaeger_trace}%3A{jaeger_span}%3A0%3A1"),
+                ),
                 ("uberctx-tenant", "blue"),
             ],
         ))
@@ -364,17 +426,24 @@ fn w3c_and_jaeger_contexts_from_clients_are_continued() {
         .unwrap();
         kv.put(with_metadata(
             put("jaeger-128"),
-            &[("uber-trace-id", &format!("{jaeger_trace_128}:{jaeger_span}:0:3"))],
+            &[(
+                "uber-trace-id",
+                &format!("{jaeger_trace_128}:{jaeger_span}:0:3"),
+            )],
         ))
         .await
         .unwrap();
     });
     let padded = format!("0000000000000000{jaeger_trace}");
     let continued = |spans: &[Received], trace: &str| {
-        spans.iter().any(|span| span.trace_id == trace && span.name == "etcdserverpb.KV/Put")
+        spans
+            .iter()
+            .any(|span| span.trace_id == trace && span.name == "etcdserverpb.KV/Put")
     };
     let spans = collector.wait_for("the three puts' server spans", |spans| {
-        continued(spans, &w3c_trace) && continued(spans, &padded) && continued(spans, &jaeger_trace_128)
+        continued(spans, &w3c_trace)
+            && continued(spans, &padded)
+            && continued(spans, &jaeger_trace_128)
     });
     for (trace, parent) in [
         (&w3c_trace, &w3c_span),
@@ -406,7 +475,10 @@ fn w3c_and_jaeger_contexts_from_clients_are_continued() {
         runtime.block_on(tracing::Instrument::instrument(
             async {
                 let mut client = Client::connect(keel.endpoint()).await.unwrap();
-                client.put("keel-client", "v", PutOptions::new()).await.unwrap();
+                client
+                    .put("keel-client", "v", PutOptions::new())
+                    .await
+                    .unwrap();
             },
             span,
         ));
@@ -426,7 +498,9 @@ fn w3c_and_jaeger_contexts_from_clients_are_continued() {
 fn metrics(port: u16) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
@@ -468,13 +542,16 @@ fn the_sampling_rate_decides_whether_new_traces_are_recorded() {
             }
         }
     });
-    let spans = collector.wait_for("20 server spans from the member sampling everything", |spans| {
-        spans
-            .iter()
-            .filter(|span| span.instance == "always" && span.name == "etcdserverpb.KV/Put")
-            .count()
-            == 20
-    });
+    let spans = collector.wait_for(
+        "20 server spans from the member sampling everything",
+        |spans| {
+            spans
+                .iter()
+                .filter(|span| span.instance == "always" && span.name == "etcdserverpb.KV/Put")
+                .count()
+                == 20
+        },
+    );
     // Every Put started its own trace.
     let traces: BTreeSet<&str> = spans
         .iter()
@@ -484,9 +561,20 @@ fn the_sampling_rate_decides_whether_new_traces_are_recorded() {
     assert_eq!(traces.len(), 20);
     // The member sampling nothing made no span to export: its queue never saw one.
     let text = metrics(never_metrics);
-    assert_eq!(metric(&text, "keel_tracing_spans_exported_total"), 0, "{text}");
-    assert_eq!(metric(&text, "keel_tracing_spans_dropped_total"), 0, "{text}");
-    assert!(collector.spans().iter().all(|span| span.instance != "never"));
+    assert_eq!(
+        metric(&text, "keel_tracing_spans_exported_total"),
+        0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "keel_tracing_spans_dropped_total"),
+        0,
+        "{text}"
+    );
+    assert!(collector
+        .spans()
+        .iter()
+        .all(|span| span.instance != "never"));
 }
 
 #[test]
@@ -523,7 +611,11 @@ fn a_dead_collector_neither_fails_nor_holds_up_requests() {
     loop {
         let text = metrics(metrics_port);
         if metric(&text, "keel_tracing_spans_dropped_total") > 0 {
-            assert_eq!(metric(&text, "keel_tracing_spans_exported_total"), 0, "{text}");
+            assert_eq!(
+                metric(&text, "keel_tracing_spans_exported_total"),
+                0,
+                "{text}"
+            );
             break;
         }
         assert!(

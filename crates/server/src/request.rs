@@ -188,9 +188,7 @@ impl Request {
     }
 
     /// Returns the id, the trace context (if the entry carries one) and the request.
-    pub fn decode_traced(
-        bytes: &[u8],
-    ) -> Result<(u64, Option<EntryTrace>, Request), DecodeError> {
+    pub fn decode_traced(bytes: &[u8]) -> Result<(u64, Option<EntryTrace>, Request), DecodeError> {
         if bytes.len() < HEADER_BYTES {
             return Err(DecodeError(format!(
                 "{} bytes is shorter than the header",

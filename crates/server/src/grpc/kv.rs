@@ -36,6 +36,9 @@ impl KvService {
         mut response: T,
         header: impl FnOnce(&mut T) -> &mut Option<keel_api::etcdserverpb::ResponseHeader>,
     ) -> Result<Response<T>, Status> {
+        // The last step of every KV request: the header (revision, term) and the answer.
+        let _respond = telemetry::enabled()
+            .then(|| tracing::info_span!(target: "keel::kv", "respond").entered());
         let slot = header(&mut response);
         let revision = slot.map_or(0, |header| header.revision);
         let filled = self.node.header(revision);
@@ -51,7 +54,10 @@ fn record_range(key: &[u8], range_end: &[u8]) {
     if telemetry::enabled() {
         record("etcd.key", String::from_utf8_lossy(key).into_owned());
         if !range_end.is_empty() {
-            record("etcd.range_end", String::from_utf8_lossy(range_end).into_owned());
+            record(
+                "etcd.range_end",
+                String::from_utf8_lossy(range_end).into_owned(),
+            );
         }
     }
 }

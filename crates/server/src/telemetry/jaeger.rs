@@ -7,11 +7,9 @@
 //! Keel uses.
 
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::propagation::{text_map_propagator::FieldIter, Extractor, Injector};
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::propagation::{text_map_propagator::FieldIter, Extractor, Injector};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 
 const TRACE_HEADER: &str = "uber-trace-id";
@@ -66,7 +64,11 @@ impl TextMapPropagator for JaegerPropagator {
         let span = cx.span();
         let context = span.span_context();
         if context.is_valid() {
-            let flags = if context.is_sampled() { FLAG_SAMPLED } else { 0 };
+            let flags = if context.is_sampled() {
+                FLAG_SAMPLED
+            } else {
+                0
+            };
             injector.set(
                 TRACE_HEADER,
                 format!("{}:{}:0:{flags:x}", context.trace_id(), context.span_id()),
@@ -79,7 +81,10 @@ impl TextMapPropagator for JaegerPropagator {
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
         let mut cx = cx.clone();
-        if let Some(context) = extractor.get(TRACE_HEADER).and_then(JaegerPropagator::parse) {
+        if let Some(context) = extractor
+            .get(TRACE_HEADER)
+            .and_then(JaegerPropagator::parse)
+        {
             cx = cx.with_remote_span_context(context);
         }
         let baggage: Vec<KeyValue> = extractor
@@ -198,7 +203,10 @@ mod tests {
 
     #[test]
     fn injects_what_it_extracts() {
-        let cx = extract(&[("uber-trace-id", "4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1")]);
+        let cx = extract(&[(
+            "uber-trace-id",
+            "4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1",
+        )]);
         let mut carrier = HashMap::new();
         JaegerPropagator.inject_context(&cx, &mut carrier);
         assert_eq!(

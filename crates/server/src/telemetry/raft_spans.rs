@@ -108,7 +108,8 @@ impl RaftSpans {
                 ],
             );
             if self.appended.len() < TRACKED_ENTRIES_MAX {
-                self.appended.insert(entry.index, Appended { trace, at: now });
+                self.appended
+                    .insert(entry.index, Appended { trace, at: now });
             }
         }
     }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::Either;
@@ -14,14 +15,17 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::enabled;
 
 /// Wraps the client API's services; does nothing but one flag check while tracing is off.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GrpcTraceLayer {
-    member_id: u64,
+    /// The member id in hex, as etcd prints member ids (formatted once, not per request).
+    member_id: Arc<str>,
 }
 
 impl GrpcTraceLayer {
     pub fn new(member_id: u64) -> GrpcTraceLayer {
-        GrpcTraceLayer { member_id }
+        GrpcTraceLayer {
+            member_id: format!("{member_id:x}").into(),
+        }
     }
 }
 
@@ -31,7 +35,7 @@ impl<S> tower_layer::Layer<S> for GrpcTraceLayer {
     fn layer(&self, inner: S) -> GrpcTrace<S> {
         GrpcTrace {
             inner,
-            member_id: self.member_id,
+            member_id: Arc::clone(&self.member_id),
         }
     }
 }
@@ -39,7 +43,7 @@ impl<S> tower_layer::Layer<S> for GrpcTraceLayer {
 #[derive(Debug, Clone)]
 pub struct GrpcTrace<S> {
     inner: S,
-    member_id: u64,
+    member_id: Arc<str>,
 }
 
 type Traced<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
@@ -76,7 +80,7 @@ where
             rpc.service = service,
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
-            keel.member_id = format!("{:x}", self.member_id),
+            keel.member_id = &*self.member_id,
         );
         // Before the span is first entered: the parent can't change after that.
         let _ = span.set_parent(super::extract(request.headers()));
