@@ -36,12 +36,16 @@ impl KvService {
         mut response: T,
         header: impl FnOnce(&mut T) -> &mut Option<keel_api::etcdserverpb::ResponseHeader>,
     ) -> Result<Response<T>, Status> {
-        // The last step of every KV request: the header (revision, term) and the answer.
-        let _respond = telemetry::enabled()
-            .then(|| tracing::info_span!(target: "keel::kv", "respond").entered());
         let slot = header(&mut response);
         let revision = slot.map_or(0, |header| header.revision);
-        let filled = self.node.header(revision);
+        // The last step of every KV request: the header (revision, term) for the answer.
+        let filled = if telemetry::enabled() {
+            tracing::info_span!(target: "keel::kv", "respond")
+                .in_scope(|| self.node.header(revision))
+        } else {
+            self.node.header(revision)
+        };
+        // On the request's server span, not the respond span.
         record("etcd.revision", filled.revision);
         record("raft.term", filled.raft_term as i64);
         *slot = Some(filled);
