@@ -147,6 +147,14 @@ pub struct Flags {
     /// Duration of periodic watch progress notifications (Go duration: 10m, 5s, 500ms).
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Number of entries for a slow follower to catch up after compacting the raft storage
+    /// entries; a follower further behind is sent a snapshot of the store.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5_000
+    )]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Enable distributed tracing: OpenTelemetry spans exported over OTLP.
     #[arg(long, env = "ETCD_ENABLE_DISTRIBUTED_TRACING", alias = "experimental-enable-distributed-tracing",
           default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]

@@ -152,6 +152,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         initial_advertise_peer_urls: url_list(&flags.initial_advertise_peer_urls),
         advertise_client_urls: url_list(&flags.advertise_client_urls),
         snapshot_count: flags.snapshot_count,
+        snapshot_catch_up_entries: flags.experimental_snapshot_catchup_entries,
         max_request_bytes: flags.max_request_bytes,
         quota_backend_bytes: flags.quota_backend_bytes,
         election_timeout_ms: flags.election_timeout,

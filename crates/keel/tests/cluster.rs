@@ -177,7 +177,13 @@ fn killing_the_leader_elects_another_within_three_election_timeouts_and_writes_g
 
 #[test]
 fn a_member_cut_off_from_its_peers_acknowledges_no_write_and_serves_no_linearizable_read() {
-    let cluster = Cluster::start(3, &FAST);
+    for size in [3, 5] {
+        cut_off(size);
+    }
+}
+
+fn cut_off(size: usize) {
+    let cluster = Cluster::start(size, &FAST);
     let runtime = runtime();
     let leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     runtime.block_on(async {
@@ -187,9 +193,9 @@ fn a_member_cut_off_from_its_peers_acknowledges_no_write_and_serves_no_lineariza
             .await
             .unwrap();
     });
-    // Freeze the other two: the remaining member is alone.
+    // Freeze the others: the remaining member is alone.
     let alone = leader;
-    let others: Vec<usize> = (0..3).filter(|index| *index != alone).collect();
+    let others: Vec<usize> = (0..size).filter(|index| *index != alone).collect();
     for index in &others {
         assert!(std::process::Command::new("kill")
             .args(["-STOP", &cluster.pid(*index).to_string()])
@@ -248,14 +254,20 @@ fn a_member_cut_off_from_its_peers_acknowledges_no_write_and_serves_no_lineariza
 
 #[test]
 fn every_acknowledged_write_survives_killing_every_member_and_all_agree_after() {
-    let mut cluster = Cluster::start(3, &FAST);
+    for size in [3, 5] {
+        kill_all(size);
+    }
+}
+
+fn kill_all(size: usize) {
+    let mut cluster = Cluster::start(size, &FAST);
     let runtime = runtime();
     runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     let acknowledged: Vec<String> = runtime.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut writers = Vec::new();
         for writer in 0..6 {
-            let endpoint = cluster.endpoint(writer % 3);
+            let endpoint = cluster.endpoint(writer % size);
             writers.push(tokio::spawn(async move {
                 let mut client = connect(&endpoint).await;
                 let mut done = Vec::new();
@@ -280,15 +292,15 @@ fn every_acknowledged_write_survives_killing_every_member_and_all_agree_after() 
         }
         all
     });
-    for index in 0..3 {
+    for index in 0..size {
         cluster.kill_9(index);
     }
     eprintln!(
-        "{} writes acknowledged before every member was killed",
+        "{size} members: {} writes acknowledged before every member was killed",
         acknowledged.len()
     );
     assert!(acknowledged.len() > 50);
-    for index in 0..3 {
+    for index in 0..size {
         cluster.restart(index);
     }
     runtime.block_on(async {
@@ -302,7 +314,7 @@ fn every_acknowledged_write_survives_killing_every_member_and_all_agree_after() 
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut revisions = Vec::new();
-            for index in 0..3 {
+            for index in 0..size {
                 revisions.push(revision_of(&cluster.endpoint(index)).await);
             }
             if revisions.iter().all(|revision| *revision == revisions[0]) {
@@ -315,6 +327,21 @@ fn every_acknowledged_write_survives_killing_every_member_and_all_agree_after() 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+    // ... and the same data, record for record.
+    let hashes: Vec<String> = (0..size)
+        .map(|index| {
+            let output = support::etcdctl(
+                &cluster.endpoint(index),
+                &["endpoint", "hashkv", "-w", "json"],
+            );
+            let parsed: serde_json::Value = serde_json::from_str(output.stdout.trim()).unwrap();
+            parsed[0]["HashKV"]["hash"].to_string()
+        })
+        .collect();
+    assert!(
+        hashes.iter().all(|hash| *hash == hashes[0]),
+        "HashKV differs after restart: {hashes:?}"
+    );
 }
 
 #[test]

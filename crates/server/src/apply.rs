@@ -41,8 +41,48 @@ pub enum Response {
     Auth(crate::auth::apply::AuthResponse),
 }
 
-/// Applies log entry `index` holding `request`. `founding_members` are the cluster's first
-/// members (membership requests are checked against them and the store's changes).
+/// Whether `request` can share a redb transaction with its neighbours in the log
+/// ([`apply_in`]): requests on keys and leases. The others (membership, auth, compaction)
+/// read the store on their own or change it outside a write transaction.
+pub fn batchable(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Put(_)
+            | Request::DeleteRange(_)
+            | Request::Txn(_)
+            | Request::LeaseGrant(_)
+            | Request::LeaseRevoke(_)
+    )
+}
+
+/// Applies a [`batchable`] request inside `txn`, which the caller has moved to the request's
+/// log entry. A failed request changed nothing (every check runs before the first change).
+pub fn apply_in(
+    txn: &mut WriteTxn<'_>,
+    lessor: &Lessor,
+    request: &Request,
+) -> Result<Response, ServerError> {
+    let mut applying = Applying { txn, lessor };
+    match request {
+        Request::Put(request) => {
+            if request.lease != 0 && !lessor.exists(request.lease) {
+                return Err(EtcdError::LeaseNotFound.into());
+            }
+            put(&mut applying, request).map(Response::Put)
+        }
+        Request::DeleteRange(request) => {
+            delete_range(&mut applying, request).map(Response::DeleteRange)
+        }
+        Request::Txn(request) => run_txn(&mut applying, request).map(Response::Txn),
+        Request::LeaseGrant(grant) => lease_grant(applying.txn, lessor, grant),
+        Request::LeaseRevoke(revoke) => lease_revoke(applying.txn, lessor, revoke),
+        other => unreachable!("not batchable: {other:?}"),
+    }
+}
+
+/// Applies log entry `index` holding `request` in a transaction of its own.
+/// `founding_members` are the cluster's first members (membership requests are checked against
+/// them and the store's changes).
 pub fn apply(
     store: &Store,
     lessor: &Lessor,
@@ -50,28 +90,17 @@ pub fn apply(
     index: u64,
     request: &Request,
 ) -> Result<Response, ServerError> {
-    let write = || -> Result<Applying<'_>, ServerError> {
-        Ok(Applying {
-            txn: store.write(index)?,
-            lessor,
-        })
-    };
     let result = match request {
-        Request::Put(put) => apply_put(store, lessor, index, put),
-        Request::DeleteRange(delete) => {
-            let mut txn = write()?;
-            let response = delete_range(&mut txn, delete)?;
-            txn.txn.commit(false)?;
-            Ok(Response::DeleteRange(response))
+        request if batchable(request) => {
+            let mut txn = store.write(index)?;
+            match apply_in(&mut txn, lessor, request) {
+                Ok(response) => {
+                    txn.commit(false)?;
+                    Ok(response)
+                }
+                Err(error) => Err(error),
+            }
         }
-        Request::Txn(request) => {
-            let mut txn = write()?;
-            let response = run_txn(&mut txn, request)?;
-            txn.txn.commit(false)?;
-            Ok(Response::Txn(response))
-        }
-        Request::LeaseGrant(grant) => apply_lease_grant(store, lessor, index, grant),
-        Request::LeaseRevoke(revoke) => apply_lease_revoke(store, lessor, index, revoke),
         Request::MemberAttributes(member)
             if Membership::load(founding_members, store)?.is_removed(member.id) =>
         {
@@ -107,6 +136,11 @@ pub fn apply(
             })),
             Err(error) => Err(error.into()),
         },
+        Request::Put(_)
+        | Request::DeleteRange(_)
+        | Request::Txn(_)
+        | Request::LeaseGrant(_)
+        | Request::LeaseRevoke(_) => unreachable!("batchable requests are matched above"),
     };
     if result.is_err() {
         // A failed request changed nothing, but its entry is applied all the same.
@@ -122,28 +156,9 @@ fn header(revision: i64) -> ResponseHeader {
     }
 }
 
-fn apply_put(
-    store: &Store,
+fn lease_grant(
+    txn: &mut WriteTxn<'_>,
     lessor: &Lessor,
-    index: u64,
-    request: &PutRequest,
-) -> Result<Response, ServerError> {
-    if request.lease != 0 && !lessor.exists(request.lease) {
-        return Err(EtcdError::LeaseNotFound.into());
-    }
-    let mut txn = Applying {
-        txn: store.write(index)?,
-        lessor,
-    };
-    let response = put(&mut txn, request)?;
-    txn.txn.commit(false)?;
-    Ok(Response::Put(response))
-}
-
-fn apply_lease_grant(
-    store: &Store,
-    lessor: &Lessor,
-    index: u64,
     request: &LeaseGrantRequest,
 ) -> Result<Response, ServerError> {
     if request.ttl > LEASE_TTL_SECS_MAX {
@@ -153,15 +168,13 @@ fn apply_lease_grant(
         return Err(EtcdError::LeaseExists.into());
     }
     let ttl_secs = lessor.effective_ttl_secs(request.ttl);
-    let mut txn = store.write(index)?;
     txn.grant_lease(StoredLease {
         id: request.id,
         ttl_secs,
     })?;
-    let revision = txn.commit(false)?;
     lessor.granted(request.id, ttl_secs);
     Ok(Response::LeaseGrant(LeaseGrantResponse {
-        header: Some(header(revision)),
+        header: Some(header(txn.read_revision())),
         id: request.id,
         ttl: ttl_secs,
         error: String::new(),
@@ -169,16 +182,14 @@ fn apply_lease_grant(
 }
 
 /// Revokes a lease: every key that still holds it is deleted, all in one revision.
-fn apply_lease_revoke(
-    store: &Store,
+fn lease_revoke(
+    txn: &mut WriteTxn<'_>,
     lessor: &Lessor,
-    index: u64,
     request: &LeaseRevokeRequest,
 ) -> Result<Response, ServerError> {
     if !lessor.exists(request.id) {
         return Err(EtcdError::LeaseNotFound.into());
     }
-    let mut txn = store.write(index)?;
     for key in lessor.keys(request.id) {
         let found = txn.range(&key, RangeEnd::Single, &RangeOptions::default())?;
         if found.kvs.first().is_some_and(|kv| kv.lease == request.id) {
@@ -186,10 +197,9 @@ fn apply_lease_revoke(
         }
     }
     txn.revoke_lease(request.id)?;
-    let revision = txn.commit(false)?;
     lessor.revoked(request.id);
     Ok(Response::LeaseRevoke(LeaseRevokeResponse {
-        header: Some(header(revision)),
+        header: Some(header(txn.read_revision())),
     }))
 }
 
@@ -201,12 +211,12 @@ trait Write: ReadView {
 }
 
 /// A write transaction applying a log entry, with the leases its puts attach keys to.
-struct Applying<'a> {
-    txn: WriteTxn<'a>,
-    lessor: &'a Lessor,
+struct Applying<'t, 'a> {
+    txn: &'t mut WriteTxn<'a>,
+    lessor: &'t Lessor,
 }
 
-impl ReadView for Applying<'_> {
+impl ReadView for Applying<'_, '_> {
     fn range(
         &self,
         key: &[u8],
@@ -225,7 +235,7 @@ impl ReadView for Applying<'_> {
     }
 }
 
-impl Write for Applying<'_> {
+impl Write for Applying<'_, '_> {
     fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, MvccError> {
         let revision = self.txn.put(key, value, lease)?;
         if lease != 0 {

@@ -68,6 +68,11 @@ impl DataDir {
         self.path.join("wal")
     }
 
+    /// Store snapshots received from the leader, until the store holds them.
+    pub fn snap_dir(&self) -> PathBuf {
+        self.path.join("snap")
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.path.join("db")
     }

@@ -66,6 +66,14 @@ impl Lessor {
         }
     }
 
+    /// Replaces every lease with `stored` (a store snapshot was installed), each with a full
+    /// TTL.
+    pub fn reset(&self, stored: Vec<LeaseKeys>) {
+        let fresh = Lessor::new(self.ttl_secs_min, stored);
+        let leases = std::mem::take(&mut *fresh.lock());
+        *self.lock() = leases;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
         self.leases
             .lock()

@@ -19,6 +19,7 @@ pub mod raft_log;
 pub mod range;
 pub mod replica;
 pub mod request;
+pub mod snapshot_transfer;
 pub mod telemetry;
 pub mod transport;
 pub mod validate;

@@ -35,6 +35,7 @@ use crate::replica::{
     from_wal_entry, hard_state_from_wal, publish_membership, Ended, Input, Replica, Shared,
 };
 use crate::request::Request;
+use crate::snapshot_transfer::{remove_snapshot_files, snapshot_file};
 use crate::telemetry;
 use crate::transport::{PeerService, Transport};
 use crate::watch::Published;
@@ -61,6 +62,9 @@ pub struct NodeConfig {
     pub advertise_client_urls: Vec<String>,
     /// Applied entries between durable store commits (after which older log is released).
     pub snapshot_count: u64,
+    /// Log entries kept behind the durable store for slow members (etcd's
+    /// `--experimental-snapshot-catchup-entries`); one further behind gets a store snapshot.
+    pub snapshot_catch_up_entries: u64,
     /// Largest request accepted, encoded (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
     /// Raft's tick: etcd's `--heartbeat-interval`.
@@ -85,8 +89,8 @@ pub enum StartError {
     Store(#[from] keel_storage::mvcc::MvccError),
     #[error("log: {0}")]
     Log(String),
-    #[error("the store has applied entry {applied} but the log is committed only to {committed}: the log lost acknowledged writes")]
-    LogBehindStore { applied: u64, committed: u64 },
+    #[error("the store has applied entry {applied} but the log ends at {last}: the log lost acknowledged writes")]
+    LogBehindStore { applied: u64, last: u64 },
     #[error("--initial-cluster does not name this member ({0})")]
     NotInInitialCluster(String),
     #[error("raft: {0}")]
@@ -159,6 +163,8 @@ pub struct Node {
     initial_cluster_token: String,
     /// Becomes true when the replica stopped because this member was removed.
     removed: watch::Receiver<bool>,
+    /// Where store snapshots from the leader are received.
+    snap_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Node {
@@ -205,7 +211,33 @@ impl Node {
         let founder = founding_conf_state.voters.contains(&identity.member_id);
 
         let wal_dir = data_dir.wal_dir();
+        let snap_dir = data_dir.snap_dir();
         let store = Arc::new(Store::open(&data_dir.db_path())?);
+        let (wal, replay) = if Wal::exists(&wal_dir)? {
+            let (wal, replay) = Wal::open(&wal_dir, WalOptions::default())?;
+            (wal, Some(replay))
+        } else {
+            std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
+            (Wal::create(&wal_dir, WalOptions::default())?, None)
+        };
+        let marker = replay.as_ref().and_then(|replay| replay.snapshot);
+        // A snapshot from the leader whose marker reached the WAL but whose store install did
+        // not finish: install it now (its file is kept until the store holds it).
+        match marker {
+            Some(marker) if marker.index > 1 && marker.index > store.consistent_index() => {
+                let path = snapshot_file(&snap_dir, marker.index);
+                store.install(&path).map_err(|error| {
+                    StartError::Log(format!(
+                        "the log starts after a snapshot at index {} that the store does not \
+                         hold, and its file {} cannot be installed: {error}",
+                        marker.index,
+                        path.display()
+                    ))
+                })?;
+                remove_snapshot_files(&snap_dir, None);
+            }
+            _ => remove_snapshot_files(&snap_dir, None),
+        }
         // The membership as of the store's consistent index: where Raft resumes applying.
         let membership = Membership::load(&identity.initial_members, &store)?;
         if membership.is_removed(identity.member_id) {
@@ -215,62 +247,75 @@ impl Node {
             ttl_secs_min(config.election_timeout_ms),
             store.leases()?,
         ));
-        let (wal, storage) = if !Wal::exists(&wal_dir)? {
-            std::fs::create_dir_all(&wal_dir).map_err(io_error(&wal_dir))?;
-            let mut wal = Wal::create(&wal_dir, WalOptions::default())?;
-            let storage = if founder {
-                // Every founding member starts from the same log: a snapshot at index 1, term
-                // 1, holding the initial configuration.
-                wal.append_snapshot_marker(&SnapshotMarker { term: 1, index: 1 })?;
-                wal.append_hard_state(&WalHardState {
-                    term: 1,
-                    vote: 0,
-                    commit: 1,
-                })?;
-                MemStorage::new_bootstrapped(founding_conf_state.clone())
-            } else {
-                // A joining member starts empty; the leader sends it the bootstrap snapshot.
-                MemStorage::new()
-            };
-            wal.sync()?;
-            (wal, storage)
-        } else {
-            let (wal, replay) = Wal::open(&wal_dir, WalOptions::default())?;
-            let mut storage = MemStorage::new();
-            match replay.snapshot {
-                Some(marker) => storage
-                    .apply_snapshot(Snapshot {
-                        metadata: SnapshotMetadata {
-                            index: marker.index,
-                            term: marker.term,
-                            // Only the bootstrap snapshot is ever sent, and it holds the
-                            // founding configuration; a later one is never sent (raft_log.rs).
-                            conf_state: if marker.index == 1 {
-                                founding_conf_state.clone()
-                            } else {
-                                membership.conf_state()
+        let (wal, storage) = match replay {
+            None => {
+                let mut wal = wal;
+                let storage = if founder {
+                    // Every founding member starts from the same log: a snapshot at index 1,
+                    // term 1, holding the initial configuration.
+                    wal.append_snapshot_marker(&SnapshotMarker { term: 1, index: 1 })?;
+                    wal.append_hard_state(&WalHardState {
+                        term: 1,
+                        vote: 0,
+                        commit: 1,
+                    })?;
+                    MemStorage::new_bootstrapped(founding_conf_state.clone())
+                } else {
+                    // A joining member starts empty; the leader sends it a snapshot.
+                    MemStorage::new()
+                };
+                wal.sync()?;
+                (wal, storage)
+            }
+            Some(replay) => {
+                let mut storage = MemStorage::new();
+                match replay.snapshot {
+                    Some(marker) => storage
+                        .apply_snapshot(Snapshot {
+                            metadata: SnapshotMetadata {
+                                index: marker.index,
+                                term: marker.term,
+                                // The bootstrap snapshot holds the founding configuration; a
+                                // later marker is at or below the store's consistent index
+                                // (compaction, or an installed snapshot), whose configuration
+                                // Raft starts from anyway (raft_log.rs).
+                                conf_state: if marker.index == 1 {
+                                    founding_conf_state.clone()
+                                } else {
+                                    membership.conf_state()
+                                },
                             },
-                        },
-                        data: Vec::new(),
-                    })
-                    .map_err(|error| StartError::Log(format!("{error:?}")))?,
-                // A joining member that has not received the bootstrap snapshot yet.
-                None if !founder && replay.entries.is_empty() => {}
-                None => return Err(StartError::Log("the log has no snapshot marker".into())),
+                            data: Vec::new(),
+                        })
+                        .map_err(|error| StartError::Log(format!("{error:?}")))?,
+                    // A joining member that has not received a snapshot yet.
+                    None if !founder && replay.entries.is_empty() => {}
+                    None => return Err(StartError::Log("the log has no snapshot marker".into())),
+                }
+                let entries: Vec<_> = replay
+                    .entries
+                    .into_iter()
+                    .map(from_wal_entry)
+                    .collect::<Result<_, _>>()
+                    .map_err(StartError::Log)?;
+                storage.append(&entries);
+                let mut hard_state = replay
+                    .hard_state
+                    .as_ref()
+                    .map(hard_state_from_wal)
+                    .unwrap_or_default();
+                if let Some(marker) = replay.snapshot {
+                    // A snapshot marker records a committed prefix; the hard state written
+                    // after it may not have reached the disk.
+                    hard_state.commit = hard_state.commit.max(marker.index);
+                    hard_state.term = hard_state.term.max(marker.term);
+                }
+                storage.set_hard_state(hard_state);
+                (wal, storage)
             }
-            let entries: Vec<_> = replay
-                .entries
-                .into_iter()
-                .map(from_wal_entry)
-                .collect::<Result<_, _>>()
-                .map_err(StartError::Log)?;
-            storage.append(&entries);
-            if let Some(hard_state) = &replay.hard_state {
-                storage.set_hard_state(hard_state_from_wal(hard_state));
-            }
-            (wal, storage)
         };
-        let hard_state = storage
+        let mut storage = storage;
+        let mut hard_state = storage
             .initial_state()
             .map_err(|error| StartError::Log(format!("{error:?}")))?
             .hard_state;
@@ -282,11 +327,17 @@ impl Node {
             .last_index()
             .map_err(|error| StartError::Log(format!("{error:?}")))?;
         let applied = store.consistent_index();
-        if applied > hard_state.commit {
+        if applied > last_index {
             return Err(StartError::LogBehindStore {
                 applied,
-                committed: hard_state.commit,
+                last: last_index,
             });
+        }
+        if applied > hard_state.commit {
+            // A commit index alone is written without an fsync (as etcd does): the store, which
+            // applies only committed entries, proves a later one.
+            hard_state.commit = applied;
+            storage.set_hard_state(hard_state.clone());
         }
         // A member without even the bootstrap snapshot knows no configuration yet.
         let conf_state = if snapshot_index == 0 {
@@ -362,7 +413,9 @@ impl Node {
             identity.initial_members.clone(),
             Duration::from_millis(heartbeat_ms),
             config.snapshot_count.clamp(1, 10_000),
+            config.snapshot_catch_up_entries,
             election_timeout * 3,
+            snap_dir.clone(),
         );
         let (removed_sender, removed) = watch::channel(false);
         let handle = std::thread::Builder::new()
@@ -378,8 +431,10 @@ impl Node {
                 }
             })
             .map_err(io_error(&config.data_dir))?;
-        // Serve nothing until what was committed before the restart is applied again, so no
-        // read (not even a serializable one) sees less than was acknowledged.
+        // Serve nothing until what is known committed (the durable commit index, or the store's
+        // own index) is applied again. A commit index is fsynced only with entries or a new
+        // term or vote, so a serializable read right after a restart may miss the last writes
+        // until the leader's next message (as in etcd); linearizable reads never do.
         let replayed_from = applied;
         // Entries up to the snapshot are in the store already (it is made durable before the
         // log is compacted), and a new cluster's bootstrap snapshot holds no data.
@@ -434,6 +489,7 @@ impl Node {
             peer_channels: Mutex::new(HashMap::new()),
             initial_cluster_token: config.initial_cluster_token.clone(),
             removed,
+            snap_dir,
         })
     }
 
@@ -488,6 +544,7 @@ impl Node {
             Arc::clone(&self.shared),
             Arc::clone(&self.lessor),
             Arc::clone(&self.store),
+            self.snap_dir.clone(),
             Arc::downgrade(self),
         )
     }

@@ -3,11 +3,10 @@
 //!
 //! - The configuration Raft starts from is the membership as of the store's consistent index
 //!   (where Raft resumes applying), not the one in the log's snapshot.
-//! - A snapshot is only ever sent while it is the bootstrap snapshot (index 1, no data, the
-//!   founding configuration): that is how a member that joins learns where the log starts.
-//!   Past index 1 the snapshot holds no data (the store is not shipped yet), so sending it would
-//!   make the receiver skip every write before it; it answers "temporarily unavailable"
-//!   instead, and a member that needs it waits (see docs/design/membership.md).
+//! - The snapshot the core sees holds no data: it only says where the log was compacted. The
+//!   bootstrap snapshot (index 1, the founding configuration) is sent as it is; any later one
+//!   is replaced on its way out by the store itself at its applied index (`replica.rs`,
+//!   `snapshot_transfer.rs`), so the receiver never skips a write.
 
 use keel_raft::{
     ConfState, Entry, HardState, MemStorage, RaftState, Snapshot, Storage, StorageError,
@@ -37,7 +36,7 @@ impl RaftLog {
         self.log.set_hard_state(hard_state);
     }
 
-    /// Installs the leader's snapshot (only ever the bootstrap one; see the module doc).
+    /// Installs the leader's snapshot (its data is in the store already; see the module doc).
     pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
         self.log.apply_snapshot(snapshot)
     }
@@ -77,11 +76,7 @@ impl Storage for RaftLog {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        let snapshot = self.log.snapshot()?;
-        if snapshot.metadata.index > 1 && snapshot.data.is_empty() {
-            return Err(StorageError::SnapshotTemporarilyUnavailable);
-        }
-        Ok(snapshot)
+        self.log.snapshot()
     }
 }
 
@@ -96,10 +91,9 @@ mod tests {
         }
     }
 
-    /// Guards against a leader that sends an empty snapshot past index 1: the receiver would
-    /// skip every write before it.
+    /// The core learns where the log was compacted (the runtime ships the data).
     #[test]
-    fn only_the_bootstrap_snapshot_is_ever_handed_out() {
+    fn the_snapshot_marks_the_compacted_log() {
         let mut log = RaftLog::new(MemStorage::new_bootstrapped(founding()), founding());
         assert_eq!(log.snapshot().unwrap().metadata.index, 1);
         let entries: Vec<Entry> = (2..=5)
@@ -111,10 +105,8 @@ mod tests {
             .collect();
         log.append(&entries);
         log.compact(3, founding(), Vec::new()).unwrap();
-        assert_eq!(
-            log.snapshot(),
-            Err(StorageError::SnapshotTemporarilyUnavailable)
-        );
+        assert_eq!(log.snapshot().unwrap().metadata.index, 3);
+        assert_eq!(log.first_index(), Ok(4));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! A single-member cluster runs the same path; it campaigns at start and leads at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -23,19 +24,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use keel_api::EtcdError;
 use keel_raft::{
-    ConfChange, ConfChangeKind, Entry, EntryKind, HardState, Message, RawNode, Role, Snapshot,
-    Storage,
+    ConfChange, ConfChangeKind, Entry, EntryKind, HardState, Message, MessageKind, RawNode, Role,
+    Snapshot, SnapshotMetadata, SnapshotStatus, Storage,
 };
-use keel_storage::mvcc::Store;
+use keel_storage::mvcc::{Store, WriteTxn};
 use keel_storage::wal::{self, SnapshotMarker, Wal};
 use tokio::sync::{oneshot, watch};
 
-use crate::apply::{apply, Response};
+use crate::apply::{apply, apply_in, batchable, Response};
 use crate::data_dir::MemberInfo;
 use crate::lease::Lessor;
 use crate::membership::{self, Membership, REMOVED_MESSAGE};
 use crate::raft_log::RaftLog;
 use crate::request::Request;
+use crate::snapshot_transfer::{remove_snapshot_files, snapshot_file};
 use crate::telemetry::{EntryTrace, RaftSpans};
 use crate::transport::Transport;
 use crate::watch::Published;
@@ -45,8 +47,10 @@ use crate::ServerError;
 const INPUTS_PER_ROUND_MAX: usize = 4096;
 /// Proposals and reads held while no leader is known.
 const PARKED_MAX: usize = 4096;
-/// Log entries kept before the durable store state, for members that fall behind.
-const CATCH_UP_ENTRIES: u64 = 5_000;
+/// Fault injection for the crash-safety test of snapshot installs: when this variable is set,
+/// the member aborts right after a received snapshot's WAL marker is durable, before the store
+/// holds the snapshot (the next start must install it from the kept file).
+pub const CRASH_AFTER_SNAPSHOT_MARKER: &str = "KEEL_TEST_CRASH_AFTER_SNAPSHOT_MARKER";
 /// Changes of one batch handed to watch streams in memory.
 const RECENT_CHANGES_MAX: usize = 16_384;
 
@@ -82,7 +86,30 @@ pub enum Input {
     RaftStatus(oneshot::Sender<keel_raft::Status>),
     /// Hand leadership to this member (MoveLeader).
     TransferLeader(u64),
+    /// A store snapshot sent to peer `to` arrived (`finished`) or not.
+    SnapshotStatus {
+        to: u64,
+        finished: bool,
+    },
     Stop,
+}
+
+/// Entries applied in one redb transaction, and the answers that wait for its commit.
+struct Batch<'a> {
+    txn: WriteTxn<'a>,
+    answers: Vec<(Responder, Result<Response, ServerError>)>,
+}
+
+impl Batch<'_> {
+    fn commit(self) -> Result<(), String> {
+        self.txn
+            .commit(false)
+            .map_err(|error| format!("committing applied entries: {error}"))?;
+        for (responder, result) in self.answers {
+            let _ = responder.send(result);
+        }
+        Ok(())
+    }
 }
 
 /// What the replica thread tells everyone else.
@@ -151,7 +178,12 @@ pub struct Replica {
     pub own_id: u64,
     pub tick_interval: Duration,
     pub durable_every_entries: u64,
+    /// Log entries kept before the durable store state, for members that fall behind (etcd's
+    /// `--experimental-snapshot-catchup-entries`); a member further behind gets a snapshot.
+    pub catch_up_entries: u64,
     pub parked_timeout: Duration,
+    /// Where store snapshots from the leader wait until the store holds them.
+    pub snap_dir: PathBuf,
     waiters: HashMap<u64, Responder>,
     reads: HashMap<u64, ReadResponder>,
     /// Reads whose index is known, waiting for it to be applied.
@@ -160,6 +192,9 @@ pub struct Replica {
     applied_since_durable: u64,
     leader: u64,
     removed: bool,
+    /// Term and vote as last fsynced: a change of either must be durable before anything
+    /// depends on it.
+    durable_term_vote: (u64, Option<u64>),
     /// Spans for traced entries and reads; None while tracing is off.
     spans: Option<RaftSpans>,
 }
@@ -177,9 +212,16 @@ impl Replica {
         founding_members: Vec<MemberInfo>,
         tick_interval: Duration,
         durable_every_entries: u64,
+        catch_up_entries: u64,
         parked_timeout: Duration,
+        snap_dir: PathBuf,
     ) -> Replica {
         let own_id = raw_node.status().id;
+        let durable_term_vote = raw_node
+            .storage()
+            .initial_state()
+            .map(|state| (state.hard_state.term, state.hard_state.vote))
+            .unwrap_or_default();
         Replica {
             raw_node,
             wal,
@@ -192,7 +234,9 @@ impl Replica {
             founding_members,
             tick_interval,
             durable_every_entries,
+            catch_up_entries,
             parked_timeout,
+            snap_dir,
             waiters: HashMap::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -200,6 +244,7 @@ impl Replica {
             applied_since_durable: 0,
             leader: 0,
             removed: false,
+            durable_term_vote,
             spans: RaftSpans::new(own_id),
         }
     }
@@ -338,6 +383,14 @@ impl Replica {
             }
             Input::Unreachable(peer) => self.raw_node.report_unreachable(peer),
             Input::TransferLeader(target) => self.raw_node.transfer_leader(target),
+            Input::SnapshotStatus { to, finished } => {
+                let status = if finished {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw_node.report_snapshot(to, status);
+            }
             Input::Stop => return true,
         }
         false
@@ -368,19 +421,31 @@ impl Replica {
             if let Some(soft_state) = &ready.soft_state {
                 self.leadership(soft_state.leader.unwrap_or(0), soft_state.role);
             }
-            // 1. Durable before anything that depends on it.
-            let mut wrote = false;
+            // A leader of several voters sends its appends before its own fsync, overlapping
+            // the two (as etcd's does): nothing it sends depends on entries of this Ready
+            // being durable here, since committing them needs a follower's acknowledgement
+            // of them first. A sole voter commits at once, so it sends only afterwards.
+            let send_early = self.leader == self.own_id
+                && !self.shared.sole_voter.load(Ordering::Relaxed)
+                && ready.snapshot.is_none();
+            let mut messages = ready.messages;
+            if send_early {
+                self.send_messages(std::mem::take(&mut messages));
+            }
+            // 1. Durable before anything that depends on it. A commit index alone is written
+            // but not fsynced (etcd's MustSync): losing it loses nothing.
+            let mut must_sync = false;
             let append_started = self.spans.is_some().then(SystemTime::now);
             if let Some(snapshot) = &ready.snapshot {
                 self.persist_snapshot(snapshot)?;
-                wrote = true;
+                must_sync = true;
             }
             if !ready.entries.is_empty() {
                 let entries: Vec<wal::Entry> = ready.entries.iter().map(to_wal_entry).collect();
                 self.wal
                     .append_entries(&entries)
                     .map_err(|error| format!("write-ahead log: {error}"))?;
-                wrote = true;
+                must_sync = true;
             }
             if let Some(hard_state) = &ready.hard_state {
                 self.wal
@@ -394,9 +459,13 @@ impl Replica {
                 self.shared
                     .commit_index
                     .store(hard_state.commit, Ordering::Relaxed);
-                wrote = true;
+                let term_vote = (hard_state.term, hard_state.vote);
+                if term_vote != self.durable_term_vote {
+                    self.durable_term_vote = term_vote;
+                    must_sync = true;
+                }
             }
-            if wrote {
+            if must_sync {
                 self.wal
                     .sync()
                     .map_err(|error| format!("write-ahead log: {error}"))?;
@@ -417,12 +486,7 @@ impl Replica {
                 self.shared.last_index.store(last.index, Ordering::Relaxed);
             }
             // 2. Messages.
-            for message in ready.messages {
-                let to = message.to;
-                if !self.transport.send(message) {
-                    self.raw_node.report_unreachable(to);
-                }
-            }
+            self.send_messages(messages);
             // 3. Apply.
             self.apply_committed(ready.committed_entries)?;
             // 4. Reads.
@@ -442,6 +506,24 @@ impl Replica {
             self.maybe_compact()?;
         }
         Ok(())
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            if message.kind == MessageKind::Snapshot
+                && message
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|snapshot| snapshot.metadata.index > 1)
+            {
+                self.send_store_snapshot(message);
+                continue;
+            }
+            if !self.transport.send(message) {
+                self.raw_node.report_unreachable(to);
+            }
+        }
     }
 
     fn leadership(&mut self, leader: u64, role: Role) {
@@ -468,13 +550,20 @@ impl Replica {
         }
         let revision_before = self.store.revision();
         let applied_before = self.store.consistent_index();
+        // Consecutive requests on keys and leases share one redb transaction (one commit for
+        // the batch); their proposers are answered once it is committed.
+        let store = Arc::clone(&self.store);
+        let mut batch: Option<Batch<'_>> = None;
         for entry in &entries {
             if entry.index <= applied_before {
                 // Applied before a restart; the store has it.
                 continue;
             }
             match entry.kind {
-                EntryKind::Normal if entry.data.is_empty() => self.store.skip(entry.index),
+                EntryKind::Normal if entry.data.is_empty() => match batch.as_mut() {
+                    Some(batch) => batch.txn.next_entry(entry.index),
+                    None => self.store.skip(entry.index),
+                },
                 EntryKind::Normal => {
                     let (id, request) = Request::decode(&entry.data)
                         .map_err(|error| format!("entry {}: {error}", entry.index))?;
@@ -483,6 +572,34 @@ impl Replica {
                         .spans
                         .as_mut()
                         .and_then(|spans| spans.committed(entry.index, leading));
+                    if batchable(&request) {
+                        let batch = match batch.as_mut() {
+                            Some(batch) => {
+                                batch.txn.next_entry(entry.index);
+                                batch
+                            }
+                            None => batch.insert(Batch {
+                                txn: store.write(entry.index).map_err(|error| {
+                                    format!("applying entry {}: {error}", entry.index)
+                                })?,
+                                answers: Vec::new(),
+                            }),
+                        };
+                        let result = apply_in(&mut batch.txn, &self.lessor, &request);
+                        if let Err(ServerError::Fatal(reason)) = &result {
+                            return Err(format!("applying entry {}: {reason}", entry.index));
+                        }
+                        if let (Some(spans), Some(applying)) = (&mut self.spans, applying) {
+                            spans.applied_in_batch(applying, result.is_ok());
+                        }
+                        if let Some(responder) = self.waiters.remove(&id) {
+                            batch.answers.push((responder, result));
+                        }
+                        continue;
+                    }
+                    if let Some(batch) = batch.take() {
+                        batch.commit()?;
+                    }
                     let result = apply(
                         &self.store,
                         &self.lessor,
@@ -504,6 +621,9 @@ impl Replica {
                     }
                 }
                 EntryKind::ConfChange => {
+                    if let Some(batch) = batch.take() {
+                        batch.commit()?;
+                    }
                     let (id, result) = self.apply_conf_change(entry.index, &entry.data)?;
                     if let Some(responder) = id.and_then(|id| self.waiters.remove(&id)) {
                         let _ = responder.send(result);
@@ -513,6 +633,12 @@ impl Replica {
                     }
                 }
             }
+        }
+        if let Some(batch) = batch.take() {
+            batch.commit()?;
+        }
+        if let Some(spans) = &mut self.spans {
+            spans.batches_committed(self.store.revision());
         }
         self.applied_since_durable += entries.len() as u64;
         let revision = self.store.revision();
@@ -528,16 +654,54 @@ impl Replica {
         Ok(())
     }
 
-    /// Writes the leader's snapshot to the WAL and the in-memory log. Only the bootstrap
-    /// snapshot (index 1, no data) is ever sent (see `raft_log.rs`); anything else would need
-    /// the store shipped with it, which Keel does not do yet, so it stops the member rather
-    /// than lose data.
+    /// Sends the store to a peer behind the compacted log, in place of the core's snapshot
+    /// (which only marks where the log was compacted): the metadata becomes the store's applied
+    /// index, with its term and the configuration as of it.
+    fn send_store_snapshot(&mut self, mut message: Message) {
+        let to = message.to;
+        let snapshot = match self.store.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::error!(%error, "cannot take a store snapshot for a peer");
+                self.raw_node.report_snapshot(to, SnapshotStatus::Failure);
+                return;
+            }
+        };
+        let index = snapshot.header().consistent_index;
+        let term = match self.raw_node.storage().term(index) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::error!(index, ?error, "no term for the applied index");
+                self.raw_node.report_snapshot(to, SnapshotStatus::Failure);
+                return;
+            }
+        };
+        if let Some(raft_snapshot) = message.snapshot.as_mut() {
+            raft_snapshot.metadata = SnapshotMetadata {
+                index,
+                term,
+                conf_state: self.raw_node.conf_state(),
+            };
+        }
+        if !self.transport.send_snapshot(message, snapshot) {
+            self.raw_node.report_snapshot(to, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Installs the leader's snapshot. The bootstrap snapshot (index 1, the founding
+    /// configuration) has no data; any other comes with the store, received into a file by the
+    /// peer service (`snapshot_transfer.rs`).
+    ///
+    /// Order, for crashes: the WAL's snapshot marker first (the file stays, so a start that
+    /// finds the store behind the marker installs it), then the store in one durable
+    /// transaction, then the file goes.
     fn persist_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         let index = snapshot.metadata.index;
-        if index != 1 || !snapshot.data.is_empty() {
+        let path = snapshot_file(&self.snap_dir, index);
+        if index > 1 && !path.exists() {
             return Err(format!(
-                "the leader sent a snapshot at index {index}; installing a snapshot with data is \
-                 not supported yet (a member must join before the leader compacts its log)"
+                "the snapshot at index {index} has no data file {}",
+                path.display()
             ));
         }
         self.wal
@@ -545,15 +709,59 @@ impl Replica {
                 term: snapshot.metadata.term,
                 index,
             })
+            .and_then(|()| self.wal.sync())
             .map_err(|error| format!("write-ahead log: {error}"))?;
+        if index > 1 && std::env::var_os(CRASH_AFTER_SNAPSHOT_MARKER).is_some() {
+            tracing::warn!(
+                index,
+                "{CRASH_AFTER_SNAPSHOT_MARKER} is set: crashing before installing the snapshot"
+            );
+            std::process::abort();
+        }
         self.raw_node
             .storage_mut()
             .apply_snapshot(snapshot.clone())
-            .map_err(|error| format!("installing the bootstrap snapshot: {error}"))?;
+            .map_err(|error| format!("installing the snapshot in the raft log: {error}"))?;
+        if index == 1 {
+            tracing::info!(
+                term = snapshot.metadata.term,
+                voters = ?snapshot.metadata.conf_state.voters,
+                "installed the cluster's bootstrap snapshot from the leader"
+            );
+            return Ok(());
+        }
+        let header = self
+            .store
+            .install(&path)
+            .map_err(|error| format!("installing the snapshot at index {index}: {error}"))?;
+        if header.consistent_index != index {
+            return Err(format!(
+                "the snapshot file for index {index} holds the store at index {}",
+                header.consistent_index
+            ));
+        }
+        remove_snapshot_files(&self.snap_dir, None);
+        self.lessor.reset(
+            self.store
+                .leases()
+                .map_err(|error| format!("reading leases: {error}"))?,
+        );
+        if self.leader == self.own_id {
+            self.lessor.refresh_all();
+        }
+        self.membership_changed()?;
+        self.applied_since_durable = 0;
+        self.revisions.send_replace(Published {
+            revision: self.store.revision(),
+            recent: None,
+        });
         tracing::info!(
+            index,
             term = snapshot.metadata.term,
+            revision = self.store.revision(),
             voters = ?snapshot.metadata.conf_state.voters,
-            "installed the cluster's bootstrap snapshot from the leader"
+            learners = ?snapshot.metadata.conf_state.learners,
+            "installed a store snapshot from the leader"
         );
         Ok(())
     }
@@ -665,7 +873,7 @@ impl Replica {
             .sync()
             .map_err(|error| format!("store: {error}"))?;
         let applied = self.store.consistent_index();
-        let keep_from = applied.saturating_sub(CATCH_UP_ENTRIES);
+        let keep_from = applied.saturating_sub(self.catch_up_entries);
         let first = self
             .raw_node
             .storage()
@@ -739,6 +947,7 @@ fn fail(input: Input, error: ServerError) {
         Input::Step(_)
         | Input::Unreachable(_)
         | Input::TransferLeader(_)
+        | Input::SnapshotStatus { .. }
         | Input::Removed
         | Input::RaftStatus(_)
         | Input::Stop => {}

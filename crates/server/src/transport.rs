@@ -6,13 +6,15 @@
 //! refuses batches from another cluster, so members of two clusters can't be mixed up.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use keel_api::keelraftpb::raft_client::RaftClient;
 use keel_api::keelraftpb::raft_server::Raft;
 use keel_api::keelraftpb::{
-    self as pb, ClusterInfoRequest, ClusterInfoResponse, Envelope, SendResponse,
+    self as pb, ClusterInfoRequest, ClusterInfoResponse, Envelope, SendResponse, SnapshotChunk,
+    SnapshotResponse,
 };
 use keel_raft::{ConfState, Entry, EntryKind, Message, MessageKind, Snapshot, SnapshotMetadata};
 use tokio::sync::mpsc;
@@ -26,10 +28,11 @@ use keel_api::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, MemberPromoteRequest, MemberPromoteResponse,
     MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
-use keel_storage::mvcc::Store;
+use keel_storage::mvcc::{Store, StoreSnapshot};
 
 use crate::lease::{time_to_live, Lessor};
 use crate::replica::{Input, Shared};
+use crate::snapshot_transfer::{receive_snapshot, send_snapshot};
 use crate::Node;
 
 /// Messages queued for one peer before new ones are dropped.
@@ -154,11 +157,14 @@ pub struct PeerService {
     shared: Arc<Shared>,
     lessor: Arc<Lessor>,
     store: Arc<Store>,
+    /// Where snapshots from the leader are received.
+    snap_dir: PathBuf,
     /// For the calls a node answers (cluster information, membership changes).
     node: Weak<Node>,
 }
 
 impl PeerService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cluster_id: u64,
         member_id: u64,
@@ -166,6 +172,7 @@ impl PeerService {
         shared: Arc<Shared>,
         lessor: Arc<Lessor>,
         store: Arc<Store>,
+        snap_dir: PathBuf,
         node: Weak<Node>,
     ) -> PeerService {
         PeerService {
@@ -175,8 +182,36 @@ impl PeerService {
             shared,
             lessor,
             store,
+            snap_dir,
             node,
         }
+    }
+
+    /// Refuses a peer of another cluster, or one that was removed from this one.
+    fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
+        if cluster_id != self.cluster_id {
+            tracing::warn!(
+                from = format!("{from:x}"),
+                their_cluster = format!("{cluster_id:x}"),
+                our_cluster = format!("{:x}", self.cluster_id),
+                "refused Raft messages from a member of another cluster"
+            );
+            return Err(EtcdErrorStatus::cluster_mismatch());
+        }
+        if self
+            .shared
+            .removed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&from)
+        {
+            tracing::info!(
+                from = format!("{from:x}"),
+                "refused Raft messages from a removed member"
+            );
+            return Err(Status::failed_precondition(REMOVED_STATUS_MESSAGE));
+        }
+        Ok(())
     }
 
     fn node(&self) -> Result<Arc<Node>, Status> {
@@ -214,29 +249,20 @@ impl Raft for PeerService {
     ) -> Result<Response<SendResponse>, Status> {
         let mut stream = request.into_inner();
         while let Some(envelope) = stream.message().await? {
-            if envelope.cluster_id != self.cluster_id {
-                tracing::warn!(
-                    from = format!("{:x}", envelope.from),
-                    their_cluster = format!("{:x}", envelope.cluster_id),
-                    our_cluster = format!("{:x}", self.cluster_id),
-                    "refused Raft messages from a member of another cluster"
-                );
-                return Err(EtcdErrorStatus::cluster_mismatch());
-            }
-            if self
-                .shared
-                .removed
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .contains(&envelope.from)
-            {
-                tracing::info!(
-                    from = format!("{:x}", envelope.from),
-                    "refused Raft messages from a removed member"
-                );
-                return Err(Status::failed_precondition(REMOVED_STATUS_MESSAGE));
-            }
+            self.check_sender(envelope.cluster_id, envelope.from)?;
             for message in envelope.messages.into_iter().filter_map(message_from_wire) {
+                // A snapshot with data comes only through InstallSnapshot, with its file.
+                if message
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|snapshot| snapshot.metadata.index > 1)
+                {
+                    tracing::warn!(
+                        from = format!("{:x}", message.from),
+                        "dropped a snapshot message sent without its data"
+                    );
+                    continue;
+                }
                 // A full inbox drops the message: Raft retries by protocol.
                 if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) =
                     self.inbox.try_send(Input::Step(message))
@@ -246,6 +272,26 @@ impl Raft for PeerService {
             }
         }
         Ok(Response::new(SendResponse {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotResponse>, Status> {
+        let message = receive_snapshot(request.into_inner(), &self.snap_dir, |cluster, from| {
+            self.check_sender(cluster, from)
+        })
+        .await?;
+        // Waits for room: dropping it would waste the transfer.
+        let inbox = self.inbox.clone();
+        let delivered =
+            tokio::task::spawn_blocking(move || inbox.send(Input::Step(message)).is_ok())
+                .await
+                .map_err(|error| Status::internal(error.to_string()))?;
+        if !delivered {
+            return Err(Status::unavailable("etcdserver: server stopped"));
+        }
+        Ok(Response::new(SnapshotResponse {}))
     }
 
     async fn lease_keep_alive(
@@ -404,6 +450,28 @@ impl Transport {
                 },
             );
         }
+    }
+
+    /// Streams `snapshot` with its Raft `message` to the message's peer on a task of its own;
+    /// the replica thread hears how it went (`Input::SnapshotStatus`). False when the peer is
+    /// unknown.
+    pub fn send_snapshot(&self, message: Message, snapshot: StoreSnapshot) -> bool {
+        let Some(url) = self
+            .peers
+            .get(&message.to)
+            .and_then(|peer| peer.urls.first().cloned())
+        else {
+            return false;
+        };
+        self.runtime.spawn(send_snapshot(
+            self.cluster_id,
+            self.own_id,
+            url,
+            message,
+            snapshot,
+            self.inbox.clone(),
+        ));
+        true
     }
 
     /// Queues `message` for its peer; false when it was dropped (queue full or peer unknown).

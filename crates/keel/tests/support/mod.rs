@@ -355,6 +355,8 @@ struct ClusterMember {
     process: Option<Process>,
     /// For a member that joined a running cluster: its `--initial-cluster`.
     joined_with: Option<String>,
+    /// Environment variables set for the member's next starts.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -368,6 +370,7 @@ impl Cluster {
                 peer_port: free_port(),
                 process: None,
                 joined_with: None,
+                env: Vec::new(),
             })
             .collect();
         let initial_cluster = members
@@ -410,7 +413,8 @@ impl Cluster {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster-token", "keel-test"])
-            .args(&self.extra);
+            .args(&self.extra)
+            .envs(member.env.iter().map(|(key, value)| (key, value)));
         match &member.joined_with {
             Some(initial_cluster) => command
                 .args(["--initial-cluster", initial_cluster])
@@ -437,6 +441,7 @@ impl Cluster {
             peer_port: free_port(),
             process: None,
             joined_with: None,
+            env: Vec::new(),
         });
         index
     }
@@ -527,6 +532,23 @@ impl Cluster {
             .as_mut()
             .unwrap()
             .wait_ready(port);
+    }
+
+    /// Sets (`Some`) or clears (`None`) an environment variable for member `index`'s next
+    /// starts.
+    pub fn set_env(&mut self, index: usize, key: &str, value: Option<&str>) {
+        let env = &mut self.members[index].env;
+        env.retain(|(existing, _)| existing != key);
+        if let Some(value) = value {
+            env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// Starts a stopped member without waiting for it to serve (it may be expected to refuse
+    /// to start; see [`Cluster::wait_exit`]).
+    pub fn spawn_member(&mut self, index: usize) {
+        assert!(!self.is_running(index), "member {index} is running");
+        self.spawn(index);
     }
 
     /// The pid of a running member (for SIGSTOP / SIGCONT).

@@ -52,6 +52,8 @@ pub struct RaftSpans {
     tracer: BoxedTracer,
     member_id: String,
     appended: BTreeMap<u64, Appended>,
+    /// Entries applied in a batch whose transaction has not committed yet.
+    batched: Vec<(Applying, bool)>,
     reads: HashMap<u64, Read>,
 }
 
@@ -62,6 +64,7 @@ impl RaftSpans {
             tracer: opentelemetry::global::tracer(TRACER_NAME),
             member_id: format!("{member_id:x}"),
             appended: BTreeMap::new(),
+            batched: Vec::new(),
             reads: HashMap::new(),
         })
     }
@@ -157,6 +160,21 @@ impl RaftSpans {
             SystemTime::now(),
             attributes,
         );
+    }
+
+    /// Like [`RaftSpans::applied`] for an entry applied in a batch: its span ends when the
+    /// batch's transaction commits ([`RaftSpans::batches_committed`]).
+    pub fn applied_in_batch(&mut self, applying: Applying, ok: bool) {
+        if self.batched.len() < TRACKED_ENTRIES_MAX {
+            self.batched.push((applying, ok));
+        }
+    }
+
+    /// The batches applied from one Ready are committed (the store is at `revision`).
+    pub fn batches_committed(&mut self, revision: i64) {
+        for (applying, ok) in std::mem::take(&mut self.batched) {
+            self.applied(applying, ok, revision);
+        }
     }
 
     /// A traced linearizable read `id` entered the ReadIndex round.

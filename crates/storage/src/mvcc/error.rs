@@ -17,6 +17,9 @@ pub enum MvccError {
     /// The stored data does not decode, or breaks an invariant.
     #[error("mvcc data is corrupt: {0}")]
     Corrupt(String),
+    /// A store snapshot can't be read or written, or is corrupt (`mvcc::snapshot`).
+    #[error("store snapshot: {0}")]
+    Snapshot(String),
 }
 
 macro_rules! from_redb {

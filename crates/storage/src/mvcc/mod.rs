@@ -18,16 +18,20 @@ mod backend;
 mod error;
 mod key_index;
 mod revision;
+mod snapshot;
 mod store;
 
 pub use auth_tables::{AuthTable, StoredAuth};
 pub use error::MvccError;
 pub use key_index::{KeyAt, KeyIndex, RangeEnd, TreeIndex};
 pub use revision::Revision;
+pub use snapshot::{verify_snapshot, SnapshotHeader, StoreSnapshot};
 pub use store::{
     Change, ChangeKind, Changes, KvHash, LeaseKeys, MembershipChanges, RangeOptions, RangeResult,
     ReadTxn, ReadView, Store, StoredLease, WriteTxn, NEVER_COMPACTED,
 };
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

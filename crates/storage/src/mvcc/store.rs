@@ -58,10 +58,10 @@ pub trait ReadView {
 
 #[derive(Debug)]
 pub(super) struct State {
-    index: TreeIndex,
-    current_revision: i64,
-    compact_revision: i64,
-    consistent_index: u64,
+    pub(super) index: TreeIndex,
+    pub(super) current_revision: i64,
+    pub(super) compact_revision: i64,
+    pub(super) consistent_index: u64,
     /// Commits that changed the auth tables since the store was opened (in memory only), so
     /// readers of the auth state know cheaply when to read it again.
     pub(super) auth_version: u64,
@@ -92,7 +92,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, MvccError> {
         let db = Database::create(path)?;
         let write = db.begin_write()?;
-        let (current_revision, compact_revision, consistent_index) = {
+        {
             let mut meta = write.open_table(META)?;
             let stored_version = meta
                 .get(backend::META_SCHEMA_VERSION)?
@@ -121,56 +121,9 @@ impl Store {
             write.open_table(MEMBERS_RAFT)?;
             write.open_table(MEMBERS_REMOVED)?;
             super::auth_tables::create_tables(&write)?;
-            let read = |name, missing: u64| -> Result<u64, MvccError> {
-                Ok(meta.get(name)?.map_or(missing, |value| value.value()))
-            };
-            (
-                read(backend::META_CURRENT_REVISION, 0)? as i64,
-                // Never compacted is -1, as in etcd: revision 0 can still be compacted once.
-                read(backend::META_COMPACT_REVISION, NEVER_COMPACTED as u64)? as i64,
-                read(backend::META_CONSISTENT_INDEX, 0)?,
-            )
-        };
-        write.commit()?;
-
-        let mut index = TreeIndex::default();
-        let mut last_revision = 0;
-        {
-            let read = db.begin_read()?;
-            let table = read.open_table(KV)?;
-            for record in table.iter()? {
-                let (key, value) = record?;
-                let (main, sub) = key.value();
-                let revision = Revision::new(main, sub);
-                last_revision = main;
-                match backend::decode((main, sub), value.value())? {
-                    Record::Put(kv) => {
-                        let key_index = index.key_index_mut(&kv.key);
-                        if key_index.is_empty() {
-                            key_index.restore(
-                                Revision::new(kv.create_revision, 0),
-                                revision,
-                                kv.version,
-                            );
-                        } else {
-                            key_index.put(revision);
-                        }
-                    }
-                    Record::Tombstone(key) => index.tombstone(&key, revision),
-                }
-            }
         }
-        let state = State {
-            index,
-            // An empty store is at revision 1, so the first write is revision 2, as in etcd.
-            current_revision: current_revision
-                .max(last_revision)
-                .max(compact_revision)
-                .max(1),
-            compact_revision,
-            consistent_index,
-            auth_version: 0,
-        };
+        write.commit()?;
+        let state = load_state(&db, 0)?;
         tracing::info!(
             revision = state.current_revision,
             compact_revision = state.compact_revision,
@@ -190,7 +143,7 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+    pub(super) fn write_state(&self) -> RwLockWriteGuard<'_, State> {
         self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -256,6 +209,7 @@ impl Store {
             state,
             txn,
             begin_revision,
+            batch_changes: false,
             changes: 0,
             lease_changes: false,
             member_changes: false,
@@ -321,6 +275,50 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Reads the revisions from `meta` and rebuilds the key index from `kv`.
+pub(super) fn load_state(db: &Database, auth_version: u64) -> Result<State, MvccError> {
+    let read = db.begin_read()?;
+    let meta = read.open_table(META)?;
+    let value = |name, missing: u64| -> Result<u64, MvccError> {
+        Ok(meta.get(name)?.map_or(missing, |value| value.value()))
+    };
+    let current_revision = value(backend::META_CURRENT_REVISION, 0)? as i64;
+    // Never compacted is -1, as in etcd: revision 0 can still be compacted once.
+    let compact_revision = value(backend::META_COMPACT_REVISION, NEVER_COMPACTED as u64)? as i64;
+    let consistent_index = value(backend::META_CONSISTENT_INDEX, 0)?;
+    let mut index = TreeIndex::default();
+    let mut last_revision = 0;
+    let table = read.open_table(KV)?;
+    for record in table.iter()? {
+        let (key, value) = record?;
+        let (main, sub) = key.value();
+        let revision = Revision::new(main, sub);
+        last_revision = main;
+        match backend::decode((main, sub), value.value())? {
+            Record::Put(kv) => {
+                let key_index = index.key_index_mut(&kv.key);
+                if key_index.is_empty() {
+                    key_index.restore(Revision::new(kv.create_revision, 0), revision, kv.version);
+                } else {
+                    key_index.put(revision);
+                }
+            }
+            Record::Tombstone(key) => index.tombstone(&key, revision),
+        }
+    }
+    Ok(State {
+        index,
+        // An empty store is at revision 1, so the first write is revision 2, as in etcd.
+        current_revision: current_revision
+            .max(last_revision)
+            .max(compact_revision)
+            .max(1),
+        compact_revision,
+        consistent_index,
+        auth_version,
+    })
 }
 
 fn write_meta(txn: &WriteTransaction, state: &State) -> Result<(), MvccError> {
@@ -429,11 +427,15 @@ impl ReadView for ReadTxn<'_> {
     }
 }
 
-/// The changes of one log entry: every put and delete in it share one main revision.
+/// The changes of one log entry: every put and delete in it share one main revision. Several
+/// consecutive entries may share one redb transaction ([`WriteTxn::next_entry`]): each still
+/// gets its own revision, and the batch costs one commit.
 pub struct WriteTxn<'a> {
     state: RwLockWriteGuard<'a, State>,
     pub(super) txn: WriteTransaction,
     begin_revision: i64,
+    /// Earlier entries of the batch changed keys: the transaction must commit.
+    batch_changes: bool,
     /// Changes so far; the next change's sub revision.
     changes: i64,
     /// Leases granted or revoked: the transaction must commit even without key changes.
@@ -513,6 +515,26 @@ impl WriteTxn<'_> {
         Ok((doomed.len() as i64, main))
     }
 
+    /// Ends the changes of the current entry and starts those of log entry `consistent_index`
+    /// in the same redb transaction. The store's readers wait until [`WriteTxn::commit`] (the
+    /// write lock is held throughout), so nobody sees an entry of the batch before all of them
+    /// are in redb. An entry whose request failed changed nothing and needs no undo: every
+    /// check runs before the first change.
+    pub fn next_entry(&mut self, consistent_index: u64) {
+        assert!(
+            consistent_index > self.consistent_index,
+            "log entry {consistent_index} applied after entry {}",
+            self.consistent_index
+        );
+        if self.changes > 0 {
+            self.state.current_revision = self.begin_revision + 1;
+            self.batch_changes = true;
+        }
+        self.begin_revision = self.state.current_revision;
+        self.changes = 0;
+        self.consistent_index = consistent_index;
+    }
+
     /// Ends the transaction; returns the store's revision after it. With `durable`, the redb
     /// state reaches disk before this returns.
     pub fn commit(mut self, durable: bool) -> Result<i64, MvccError> {
@@ -521,6 +543,7 @@ impl WriteTxn<'_> {
             self.state.current_revision = self.begin_revision + 1;
         }
         if self.changes > 0
+            || self.batch_changes
             || self.lease_changes
             || self.member_changes
             || self.auth_changes

@@ -312,3 +312,35 @@ fn membership_changes_commit_with_their_entry_and_survive_reopening() {
     assert_eq!(changes.members, vec![(7, b"again".to_vec())]);
     assert_eq!(changes.removed, vec![9]);
 }
+
+/// Several entries in one redb transaction: each its own revision, one commit, and the same
+/// state as applying them one by one (after a reopen too).
+#[test]
+fn a_batch_of_entries_gets_one_revision_each_and_commits_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut txn = store.write(2).unwrap();
+    txn.put(b"a", b"1".to_vec(), 0).unwrap();
+    txn.put(b"b", b"1".to_vec(), 0).unwrap();
+    txn.next_entry(3);
+    // An entry that changes nothing (a failed request) keeps the revision.
+    txn.next_entry(4);
+    assert_eq!(txn.read_revision(), 2);
+    txn.put(b"a", b"2".to_vec(), 0).unwrap();
+    assert_eq!(txn.read_revision(), 3);
+    txn.next_entry(5);
+    let (deleted, revision) = txn.delete_range(b"b", RangeEnd::Single).unwrap();
+    assert_eq!((deleted, revision), (1, 4));
+    assert_eq!(txn.commit(false).unwrap(), 4);
+    assert_eq!(store.consistent_index(), 5);
+    assert_eq!(get(&store, "a", 0).unwrap(), Some(("2".into(), 2, 3, 2)));
+    assert_eq!(get(&store, "a", 2).unwrap(), Some(("1".into(), 2, 2, 1)));
+    assert_eq!(get(&store, "b", 3).unwrap(), Some(("1".into(), 2, 2, 1)));
+    assert_eq!(get(&store, "b", 0).unwrap(), None);
+    store.sync().unwrap();
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.revision(), 4);
+    assert_eq!(store.consistent_index(), 5);
+    assert_eq!(get(&store, "a", 0).unwrap(), Some(("2".into(), 2, 3, 2)));
+}
