@@ -1,5 +1,6 @@
 //! Distributed tracing end to end: real `keel` processes export over OTLP/gRPC to a collector
-//! this test runs (a tonic `TraceService` on loopback), and the spans it receives are checked.
+//! this test runs (a tonic `TraceService` on loopback), and the spans it receives are checked;
+//! one test exports over OTLP/HTTP-protobuf to a minimal HTTP receiver.
 //!
 //! Guards against: a write through a follower whose leader-side spans land in another trace (or
 //! none), a client's W3C or Jaeger context that is not continued, a sampling rate that is
@@ -492,6 +493,98 @@ fn w3c_and_jaeger_contexts_from_clients_are_continued() {
         .find(|span| span.trace_id == client_trace && span.name == "etcdserverpb.KV/Put")
         .unwrap();
     assert_eq!(server.parent_span_id, client_span);
+}
+
+/// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body, one thread per connection;
+/// returns the port and what it received.
+fn start_http_collector() -> (u16, Arc<Mutex<Vec<ExportTraceServiceRequest>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let requests = Arc::clone(&received);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let requests = Arc::clone(&requests);
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                // One request after another on the connection, until the client closes it.
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut body_bytes = 0;
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header).unwrap();
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                body_bytes = value.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; body_bytes];
+                    reader.read_exact(&mut body).unwrap();
+                    assert!(
+                        request_line.starts_with("POST /v1/traces "),
+                        "{request_line}"
+                    );
+                    let request =
+                        <ExportTraceServiceRequest as prost::Message>::decode(body.as_slice())
+                            .unwrap();
+                    requests.lock().unwrap().push(request);
+                    writer
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn spans_can_be_exported_over_otlp_http_protobuf() {
+    export_quickly();
+    let runtime = runtime();
+    let (port, received) = start_http_collector();
+    let mut flags = tracing_flags(port, 1_000_000);
+    flags[2] = format!("http://127.0.0.1:{port}");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let keel =
+        Keel::start_with_environment(&flags, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
+    runtime.block_on(async {
+        let mut kv = raw_kv(&keel.endpoint()).await;
+        kv.put(put("over-http")).await.unwrap();
+    });
+    let started = Instant::now();
+    loop {
+        let names: Vec<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|request| &request.resource_spans)
+            .flat_map(|resource| &resource.scope_spans)
+            .flat_map(|scope| &scope.spans)
+            .map(|span| span.name.clone())
+            .collect();
+        if names.iter().any(|name| name == "etcdserverpb.KV/Put") {
+            break;
+        }
+        assert!(
+            started.elapsed() < ARRIVAL_TIMEOUT,
+            "no Put span over HTTP: {names:?}\n{}",
+            keel.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Reads `/metrics` from a member's metrics port.
