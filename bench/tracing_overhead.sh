@@ -2,7 +2,9 @@
 # What distributed tracing costs: a one-member Keel (release build) with tracing off, and with
 # tracing on at 1,000,000 samples per million exporting every span over OTLP/gRPC to a local
 # receiver (crates/keel/examples/otlp_sink.rs); etcd-style put workload with 1 client and with
-# 64 clients; off and on alternate within each round; prints the medians over the rounds.
+# 64 clients; off and on alternate within each round; prints the medians over the rounds, with
+# Keel's CPU time per 1,000 puts (user + system, from /proc), which other load on the machine
+# disturbs less than throughput does.
 #
 #   bench/tracing_overhead.sh              # 3 rounds (about 2 minutes on 2 cores)
 #   ROUNDS=5 bench/tracing_overhead.sh
@@ -54,20 +56,26 @@ stop_keel() {
     kill "$keel"; wait "$keel" 2>/dev/null || true; keel=""
 }
 
+# Keel's CPU time so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$keel/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+
 results="$work/results.tsv"
 for round in $(seq "$rounds"); do
     for mode in off on; do
         start_keel "$mode"
         for clients in 1 64; do
             total=$(( clients == 1 ? 2000 : 20000 ))
-            "$target/release/keel-bench" --endpoints "127.0.0.1:$client_port" \
+            before=$(cpu_ticks)
+            report=$("$target/release/keel-bench" --endpoints "127.0.0.1:$client_port" \
                 --conns $(( clients == 1 ? 1 : 8 )) --clients "$clients" --total "$total" \
-                --key-size 8 --val-size 256 --key-space-size 10000 --json put \
-                | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency"]; print("\t".join(map(str,[sys.argv[1],sys.argv[2],r["throughput_per_second"],l["p50_ms"],l["p99_ms"],sum(r["errors"].values())])))' "$mode" "$clients" \
+                --key-size 8 --val-size 256 --key-space-size 10000 --json put)
+            cpu_seconds_per_1k=$(( ($(cpu_ticks) - before) * 1000000 / ticks_per_second / total ))
+            echo "$report" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency"]; print("\t".join(map(str,[sys.argv[1],sys.argv[2],r["throughput_per_second"],l["p50_ms"],l["p99_ms"],sum(r["errors"].values()),int(sys.argv[3])/1000])))' "$mode" "$clients" "$cpu_seconds_per_1k" \
                 >> "$results"
         done
         stop_keel
-        echo "round $round, tracing $mode (mode, clients, req/s, p50 ms, p99 ms, errors):" >&2
+        echo "round $round, tracing $mode (mode, clients, req/s, p50 ms, p99 ms, errors, CPU s/1k):" >&2
         tail -2 "$results" >&2
     done
 done
@@ -75,19 +83,19 @@ echo "spans the receiver got: $(tail -1 "$work/sink.log")" >&2
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = [line.split("\t") for line in open(sys.argv[1]).read().split("\n") if line]
-print("| put workload | tracing | req/s | p50 ms | p99 ms | errors |")
-print("|---|---|---:|---:|---:|---:|")
+print("| put workload | tracing | req/s | p50 ms | p99 ms | keel CPU s / 1k puts | errors |")
+print("|---|---|---:|---:|---:|---:|---:|")
 medians = {}
 for clients in ("1", "64"):
     for mode in ("off", "on"):
         runs = [r for r in rows if r[0] == mode and r[1] == clients]
-        m = [statistics.median(float(r[i]) for r in runs) for i in (2, 3, 4)]
+        m = [statistics.median(float(r[i]) for r in runs) for i in (2, 3, 4, 6)]
         errors = sum(int(r[5]) for r in runs)
         medians[(clients, mode)] = m
         label = "off" if mode == "off" else "on, 100 % sampled"
-        print(f"| {clients} client{'s' if clients != '1' else ''} | {label} | {m[0]:.0f} | {m[1]:.2f} | {m[2]:.2f} | {errors} |")
+        print(f"| {clients} client{'s' if clients != '1' else ''} | {label} | {m[0]:.0f} | {m[1]:.2f} | {m[2]:.2f} | {m[3]:.3f} | {errors} |")
 for clients in ("1", "64"):
     off, on = medians[(clients, "off")], medians[(clients, "on")]
-    print(f"\n{clients} client(s): throughput {on[0] / off[0] - 1:+.1%}, p50 {on[1] / off[1] - 1:+.1%}, p99 {on[2] / off[2] - 1:+.1%} with tracing on", end="")
+    print(f"\n{clients} client(s): throughput {on[0] / off[0] - 1:+.1%}, p50 {on[1] / off[1] - 1:+.1%}, p99 {on[2] / off[2] - 1:+.1%}, CPU per put {on[3] / off[3] - 1:+.1%} with tracing on", end="")
 print()
 PY

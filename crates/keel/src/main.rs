@@ -114,7 +114,7 @@ fn init_logging(flags: &Flags, telemetry: Option<&Telemetry>) {
         .with_writer(writer)
         .with_filter(filter);
     // Only what Keel's spans say: no source locations, threads, targets, levels or busy/idle
-    // timings, each an attribute (and allocations) on every span.
+    // timings, each an attribute (and allocations, or clock reads) on every span.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(telemetry.tracer())
         .with_location(false)
@@ -122,6 +122,9 @@ fn init_logging(flags: &Flags, telemetry: Option<&Telemetry>) {
         .with_target(false)
         .with_level(false)
         .with_tracked_inactivity(false)
+        // Keel reads a span's context from the span itself; making it OpenTelemetry's current
+        // context on every poll of every instrumented future would be work for nothing.
+        .with_context_activation(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new().with_target("keel", tracing::Level::INFO),
         );
