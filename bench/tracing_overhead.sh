@@ -8,6 +8,7 @@
 #
 #   bench/tracing_overhead.sh              # 3 rounds (about 2 minutes on 2 cores)
 #   ROUNDS=5 bench/tracing_overhead.sh
+#   BASELINE_KEEL=/path/to/keel bench/tracing_overhead.sh   # also a build from before tracing
 #
 # Ports 31300..31400 on loopback; data in a temporary directory. CARGO_TARGET_DIR is honoured.
 set -euo pipefail
@@ -31,14 +32,15 @@ cleanup() {
 trap cleanup EXIT
 
 start_keel() { # mode
-    local tracing=()
+    local tracing=() binary="$target/release/keel"
+    if [ "$1" = baseline ]; then binary=$BASELINE_KEEL; fi
     if [ "$1" = on ]; then
         tracing=(--enable-distributed-tracing --distributed-tracing-sampling-rate 1000000
                  --distributed-tracing-address "127.0.0.1:$sink_port"
                  --distributed-tracing-service-name keel)
     fi
     rm -rf "$work/data"
-    "$target/release/keel" --data-dir "$work/data" \
+    "$binary" --data-dir "$work/data" \
         --listen-client-urls "http://127.0.0.1:$client_port" \
         --advertise-client-urls "http://127.0.0.1:$client_port" \
         --listen-peer-urls "http://127.0.0.1:$peer_port" \
@@ -62,7 +64,9 @@ ticks_per_second=$(getconf CLK_TCK)
 
 results="$work/results.tsv"
 for round in $(seq "$rounds"); do
-    for mode in off on; do
+    modes="off on"
+    if [ -n "${BASELINE_KEEL:-}" ]; then modes="baseline off on"; fi
+    for mode in $modes; do
         start_keel "$mode"
         for clients in 1 64; do
             total=$(( clients == 1 ? 2000 : 20000 ))
@@ -87,15 +91,20 @@ print("| put workload | tracing | req/s | p50 ms | p99 ms | keel CPU s / 1k puts
 print("|---|---|---:|---:|---:|---:|---:|")
 medians = {}
 for clients in ("1", "64"):
-    for mode in ("off", "on"):
+    for mode in ("baseline", "off", "on"):
         runs = [r for r in rows if r[0] == mode and r[1] == clients]
+        if not runs:
+            continue
         m = [statistics.median(float(r[i]) for r in runs) for i in (2, 3, 4, 6)]
         errors = sum(int(r[5]) for r in runs)
         medians[(clients, mode)] = m
-        label = "off" if mode == "off" else "on, 100 % sampled"
+        label = {"baseline": "before tracing existed", "off": "off", "on": "on, 100 % sampled"}[mode]
         print(f"| {clients} client{'s' if clients != '1' else ''} | {label} | {m[0]:.0f} | {m[1]:.2f} | {m[2]:.2f} | {m[3]:.3f} | {errors} |")
 for clients in ("1", "64"):
     off, on = medians[(clients, "off")], medians[(clients, "on")]
+    if (clients, "baseline") in medians:
+        base = medians[(clients, "baseline")]
+        print(f"\n{clients} client(s): tracing off against before tracing: throughput {off[0] / base[0] - 1:+.1%}, CPU per put {off[3] / base[3] - 1:+.1%}", end="")
     print(f"\n{clients} client(s): throughput {on[0] / off[0] - 1:+.1%}, p50 {on[1] / off[1] - 1:+.1%}, p99 {on[2] / off[2] - 1:+.1%}, CPU per put {on[3] / off[3] - 1:+.1%} with tracing on", end="")
 print()
 PY

@@ -53,15 +53,19 @@ impl KvService {
     }
 }
 
-/// The key range of a request on the current span (keys are shown lossily as UTF-8).
+/// Key bytes shown on a span: enough to recognise a key, without copying a large one.
+const SPAN_KEY_BYTES_MAX: usize = 256;
+
+/// The key range of a request on the current span (keys are shown lossily as UTF-8, cut at
+/// [`SPAN_KEY_BYTES_MAX`]).
 fn record_range(key: &[u8], range_end: &[u8]) {
     if telemetry::enabled() {
-        record("etcd.key", String::from_utf8_lossy(key).into_owned());
+        let shown = |bytes: &[u8]| {
+            String::from_utf8_lossy(&bytes[..bytes.len().min(SPAN_KEY_BYTES_MAX)]).into_owned()
+        };
+        record("etcd.key", shown(key));
         if !range_end.is_empty() {
-            record(
-                "etcd.range_end",
-                String::from_utf8_lossy(range_end).into_owned(),
-            );
+            record("etcd.range_end", shown(range_end));
         }
     }
 }
