@@ -147,6 +147,9 @@ pub struct Flags {
     /// Duration of periodic watch progress notifications (Go duration: 10m, 5s, 500ms).
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Whether to fast-forward initial election ticks on boot for faster election.
+    #[arg(long, env = "ETCD_INITIAL_ELECTION_TICK_ADVANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub initial_election_tick_advance: bool,
     /// Number of entries for a slow follower to catch up after compacting the raft storage
     /// entries; a follower further behind is sent a snapshot of the store.
     #[arg(

@@ -156,6 +156,7 @@ async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {
         advertise_client_urls: url_list(&flags.advertise_client_urls),
         snapshot_count: flags.snapshot_count,
         snapshot_catch_up_entries: flags.experimental_snapshot_catchup_entries,
+        initial_election_tick_advance: flags.initial_election_tick_advance,
         max_request_bytes: flags.max_request_bytes,
         quota_backend_bytes: flags.quota_backend_bytes,
         election_timeout_ms: flags.election_timeout,

@@ -28,14 +28,6 @@ fn config(endpoint: String, total: u64) -> Config {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn assert_clean(report: &Report, succeeded: u64) {
     assert!(report.errors.is_empty(), "{}", report.to_text());
     assert_eq!(report.succeeded, succeeded, "{}", report.to_text());
@@ -44,7 +36,7 @@ fn assert_clean(report: &Report, succeeded: u64) {
 
 /// Every workload, small, against `endpoint`.
 fn every_workload(endpoint: &str) {
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         let report = run_put(&config(endpoint.to_owned(), 200)).await.unwrap();
         assert_clean(&report, 200);
         assert_eq!(report.workload, "put");
@@ -116,7 +108,7 @@ fn every_workload_runs_cleanly_against_etcd() {
 #[test]
 fn a_duration_bounds_a_run_without_a_total() {
     let keel = Keel::start();
-    let report = runtime().block_on(async {
+    let report = support::runtime().block_on(async {
         run_put(&Config {
             total: None,
             duration: Some(Duration::from_millis(300)),

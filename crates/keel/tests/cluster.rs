@@ -16,14 +16,6 @@ use support::{Background, Cluster};
 const FAST: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
 const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn connect(endpoint: &str) -> Client {
     Client::connect(format!("http://{endpoint}")).await.unwrap()
 }
@@ -82,7 +74,7 @@ async fn revision_of(endpoint: &str) -> i64 {
 #[test]
 fn a_three_member_cluster_replicates_writes_and_every_member_serves_reads() {
     let cluster = Cluster::start(3, &FAST);
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         let leader = wait_for_leader(&cluster, Duration::from_secs(10)).await;
         let follower = (leader + 1) % 3;
         // A write sent to a follower reaches the leader and is applied everywhere.
@@ -133,7 +125,7 @@ fn a_three_member_cluster_replicates_writes_and_every_member_serves_reads() {
 fn killing_the_leader_elects_another_within_three_election_timeouts_and_writes_go_on() {
     for size in [3, 5] {
         let mut cluster = Cluster::start(size, &FAST);
-        let runtime = runtime();
+        let runtime = support::runtime();
         let leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
         runtime.block_on(async {
             let mut client = connect(&cluster.endpoint((leader + 1) % size)).await;
@@ -184,7 +176,7 @@ fn a_member_cut_off_from_its_peers_acknowledges_no_write_and_serves_no_lineariza
 
 fn cut_off(size: usize) {
     let cluster = Cluster::start(size, &FAST);
-    let runtime = runtime();
+    let runtime = support::runtime();
     let leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     runtime.block_on(async {
         connect(&cluster.endpoint(leader))
@@ -261,7 +253,7 @@ fn every_acknowledged_write_survives_killing_every_member_and_all_agree_after() 
 
 fn kill_all(size: usize) {
     let mut cluster = Cluster::start(size, &FAST);
-    let runtime = runtime();
+    let runtime = support::runtime();
     runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     let acknowledged: Vec<String> = runtime.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -328,15 +320,8 @@ fn kill_all(size: usize) {
         }
     });
     // ... and the same data, record for record.
-    let hashes: Vec<String> = (0..size)
-        .map(|index| {
-            let output = support::etcdctl(
-                &cluster.endpoint(index),
-                &["endpoint", "hashkv", "-w", "json"],
-            );
-            let parsed: serde_json::Value = serde_json::from_str(output.stdout.trim()).unwrap();
-            parsed[0]["HashKV"]["hash"].to_string()
-        })
+    let hashes: Vec<_> = (0..size)
+        .map(|index| support::hash_kv(&cluster.endpoint(index)))
         .collect();
     assert!(
         hashes.iter().all(|hash| *hash == hashes[0]),
@@ -347,7 +332,7 @@ fn kill_all(size: usize) {
 #[test]
 fn a_registration_outlives_a_leader_failover_and_goes_when_its_service_dies() {
     let mut cluster = Cluster::start(3, &FAST);
-    let runtime = runtime();
+    let runtime = support::runtime();
     let leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     let keeper_member = (leader + 1) % 3;
     let watcher_member = (leader + 2) % 3;
@@ -400,7 +385,7 @@ fn a_registration_outlives_a_leader_failover_and_goes_when_its_service_dies() {
 #[test]
 fn etcdctl_endpoint_status_hashkv_member_list_and_move_leader_work_on_a_cluster() {
     let cluster = Cluster::start(3, &FAST);
-    let runtime = runtime();
+    let runtime = support::runtime();
     let leader = runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     let endpoints = cluster.endpoints();
     for i in 0..20 {
@@ -477,7 +462,7 @@ fn etcdctl_endpoint_status_hashkv_member_list_and_move_leader_work_on_a_cluster(
 #[test]
 fn messages_from_a_member_of_another_cluster_are_refused_and_logged() {
     let cluster = Cluster::start(3, &FAST);
-    let runtime = runtime();
+    let runtime = support::runtime();
     runtime.block_on(wait_for_leader(&cluster, Duration::from_secs(10)));
     // A member of another cluster (another token) that believes m0 is its peer.
     let dir = tempfile::tempdir().unwrap();

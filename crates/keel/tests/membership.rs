@@ -17,14 +17,6 @@ use support::{etcdctl, Cluster, Output};
 
 const FAST: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn member_list(endpoint: &str) -> serde_json::Value {
     let output = etcdctl(endpoint, &["member", "list", "-w", "json"]);
     assert_eq!(output.status, Some(0), "{output:?}");
@@ -88,7 +80,7 @@ fn etcdctl_until_ok(endpoint: &str, args: &[&str], deadline: Duration) -> Output
 #[test]
 fn a_learner_joins_is_promoted_and_an_old_member_is_removed_while_writes_go_on() {
     let mut cluster = Cluster::start(3, &FAST);
-    let runtime = runtime();
+    let runtime = support::runtime();
     let started = Instant::now();
     // Wait until the founding members have published their names (MemberAdd of a voter needs a
     // quorum of started members, as in etcd).

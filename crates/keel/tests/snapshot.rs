@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use keel_client::{Client, GetOptions, PutOptions};
-use support::{etcdctl, Cluster};
+use support::{etcdctl, hash_kv, Cluster};
 
 /// Short timeouts; a durable store commit (and log release) every 50 applied entries, keeping
 /// only 10 behind it, so a member falls behind the log quickly.
@@ -25,14 +25,6 @@ const FLAGS: [&str; 8] = [
     "--experimental-snapshot-catchup-entries",
     "10",
 ];
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn connect(endpoint: &str) -> Client {
     Client::connect(format!("http://{endpoint}")).await.unwrap()
@@ -87,16 +79,6 @@ async fn wait_for_revision(cluster: &Cluster, members: &[usize], revision: i64) 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-fn hash_kv(endpoint: &str) -> (u64, i64) {
-    let output = etcdctl_until_ok(endpoint, &["endpoint", "hashkv", "-w", "json"]);
-    let parsed: serde_json::Value = serde_json::from_str(output.trim()).unwrap();
-    let entry = &parsed[0]["HashKV"];
-    (
-        entry["hash"].as_u64().unwrap(),
-        entry["header"]["revision"].as_i64().unwrap(),
-    )
 }
 
 /// Waits until member `index` logs that it installed a snapshot from the leader (the store
@@ -180,7 +162,7 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_and_keeps_i
 
 fn follower_catches_up(size: usize) {
     let mut cluster = Cluster::start(size, &FLAGS);
-    let runtime = runtime();
+    let runtime = support::runtime();
     for index in 0..size {
         etcdctl_until_ok(&cluster.endpoint(index), &["put", "ready", "1"]);
     }
@@ -297,7 +279,7 @@ fn a_voter_that_joins_after_the_log_was_compacted_gets_a_snapshot() {
 
 fn joins_after_compaction(learner: bool) {
     let mut cluster = Cluster::start(3, &FLAGS);
-    let runtime = runtime();
+    let runtime = support::runtime();
     for index in 0..3 {
         etcdctl_until_ok(&cluster.endpoint(index), &["put", "ready", "1"]);
     }
@@ -355,7 +337,7 @@ fn joins_after_compaction(learner: bool) {
 #[test]
 fn a_crash_between_the_snapshot_marker_and_the_store_install_is_repaired_at_start() {
     let mut cluster = Cluster::start(3, &FLAGS);
-    let runtime = runtime();
+    let runtime = support::runtime();
     for index in 0..3 {
         etcdctl_until_ok(&cluster.endpoint(index), &["put", "ready", "1"]);
     }

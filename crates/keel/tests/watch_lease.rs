@@ -16,14 +16,6 @@ use keel_client::{Client, GetOptions, PutOptions};
 use serde_json::Value;
 use support::{etcdctl, Background, Etcd, Keel};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// etcdctl's JSON watch output with what legitimately differs between servers removed.
 fn normalize_watch_json(text: &str) -> Vec<Value> {
     text.lines()
@@ -244,7 +236,7 @@ fn put_op(key: String) -> RequestOp {
 fn watchers_see_every_event_once_in_order_with_each_transaction_whole() {
     let keel = Keel::start();
     let endpoint = format!("http://{}", keel.endpoint());
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         let mut client = Client::connect(endpoint.clone()).await.unwrap();
         let mut stream = client.watch_stream().await.unwrap();
         stream
@@ -313,7 +305,7 @@ fn watchers_see_every_event_once_in_order_with_each_transaction_whole() {
 fn a_client_that_stops_reading_stalls_no_other_watcher_and_catches_up_later() {
     let keel = Keel::start();
     let endpoint = format!("http://{}", keel.endpoint());
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         let mut client = Client::connect(endpoint.clone()).await.unwrap();
         let watch = |client: &mut Client| {
             let mut client = client.clone();
@@ -369,7 +361,7 @@ fn a_client_that_stops_reading_stalls_no_other_watcher_and_catches_up_later() {
 fn bad_watch_and_lease_requests_get_etcds_answers() {
     let keel = Keel::start();
     let endpoint = format!("http://{}", keel.endpoint());
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         let mut client = Client::connect(endpoint).await.unwrap();
         let mut stream = client.watch_stream().await.unwrap();
         // key after range_end: created and cancelled at once.
@@ -452,7 +444,7 @@ fn bad_watch_and_lease_requests_get_etcds_answers() {
 fn a_registered_service_disappears_within_ttl_after_its_process_is_killed() {
     let mut keel = Keel::start();
     let endpoint = keel.endpoint();
-    let runtime = runtime();
+    let runtime = support::runtime();
     // The service: a lease of 5 s, its address under it, and a keep-alive process.
     let granted = run(&endpoint, &["lease", "grant", "5"]);
     let id = granted.split_whitespace().nth(1).unwrap().to_string();
@@ -520,7 +512,7 @@ fn a_registered_service_disappears_within_ttl_after_its_process_is_killed() {
 fn txn_lease_compares_see_the_key_lease() {
     let keel = Keel::start();
     let endpoint = format!("http://{}", keel.endpoint());
-    runtime().block_on(async {
+    support::runtime().block_on(async {
         let mut client = Client::connect(endpoint).await.unwrap();
         client.lease_grant(60, 500).await.unwrap();
         client

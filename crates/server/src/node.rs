@@ -73,6 +73,8 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Backend space quota (etcd's `--quota-backend-bytes`: 0 default, negative none).
     pub quota_backend_bytes: i64,
+    /// etcd's `--initial-election-tick-advance`: start the election clock almost expired.
+    pub initial_election_tick_advance: bool,
     /// `--initial-cluster-state existing`: join a running cluster (after MemberAdd) instead of
     /// founding one. Only matters when the data directory is new.
     pub join_existing: bool,
@@ -366,6 +368,13 @@ impl Node {
         if single {
             // Nobody to wait for: lead at once, as etcd's single member does.
             raw_node.campaign();
+        } else if config.initial_election_tick_advance && voters.contains(&identity.member_id) {
+            // etcd's --initial-election-tick-advance: a member that starts with no leader to
+            // hear from campaigns after one tick instead of a whole election timeout. Pre-vote
+            // keeps this from disturbing a cluster that has a leader.
+            for _ in 1..raft_config.election_ticks {
+                raw_node.tick();
+            }
         }
 
         let (inbox, receiver) = sync_channel(INBOX_MAX);

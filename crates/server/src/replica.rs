@@ -51,6 +51,11 @@ const PARKED_MAX: usize = 4096;
 /// the member aborts right after a received snapshot's WAL marker is durable, before the store
 /// holds the snapshot (the next start must install it from the kept file).
 pub const CRASH_AFTER_SNAPSHOT_MARKER: &str = "KEEL_TEST_CRASH_AFTER_SNAPSHOT_MARKER";
+/// Log bytes applied before the store is made durable and the log behind it released, whatever
+/// `--snapshot-count` says.
+const DURABLE_EVERY_BYTES: u64 = 64 << 20;
+/// At most this much log (by the recent average entry size) is kept for slow followers.
+const CATCH_UP_BYTES_MAX: u64 = 64 << 20;
 /// Changes of one batch handed to watch streams in memory.
 const RECENT_CHANGES_MAX: usize = 16_384;
 
@@ -185,16 +190,24 @@ pub struct Replica {
     /// Where store snapshots from the leader wait until the store holds them.
     pub snap_dir: PathBuf,
     waiters: HashMap<u64, Responder>,
-    reads: HashMap<u64, ReadResponder>,
+    /// Linearizable reads waiting for their ReadIndex round, by the round's id.
+    reads: HashMap<u64, Vec<ReadResponder>>,
+    /// Reads that arrived this round: they share one ReadIndex round (one heartbeat to every
+    /// peer), as etcd's batch concurrent reads. Keyed by the first one's id.
+    read_batch: Option<(u64, Vec<ReadResponder>)>,
     /// Reads whose index is known, waiting for it to be applied.
     ready_reads: Vec<(u64, u64)>,
     parked: VecDeque<(Instant, Input)>,
     applied_since_durable: u64,
+    /// Bytes of log entries applied since then.
+    applied_bytes_since_durable: u64,
     leader: u64,
     removed: bool,
     /// Term and vote as last fsynced: a change of either must be durable before anything
     /// depends on it.
     durable_term_vote: (u64, Option<u64>),
+    /// The last log index known durable in the WAL.
+    durable_index: u64,
     /// Spans for traced entries and reads; None while tracing is off.
     spans: Option<RaftSpans>,
 }
@@ -217,6 +230,7 @@ impl Replica {
         snap_dir: PathBuf,
     ) -> Replica {
         let own_id = raw_node.status().id;
+        let durable_index = raw_node.storage().last_index().unwrap_or(0);
         let durable_term_vote = raw_node
             .storage()
             .initial_state()
@@ -239,12 +253,15 @@ impl Replica {
             snap_dir,
             waiters: HashMap::new(),
             reads: HashMap::new(),
+            read_batch: None,
             ready_reads: Vec::new(),
             parked: VecDeque::new(),
             applied_since_durable: 0,
+            applied_bytes_since_durable: 0,
             leader: 0,
             removed: false,
             durable_term_vote,
+            durable_index,
             spans: RaftSpans::new(own_id),
         }
     }
@@ -271,6 +288,7 @@ impl Replica {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => stop = true,
             }
+            self.start_read_batch();
             if Instant::now() >= next_tick {
                 self.raw_node.tick();
                 next_tick = Instant::now() + self.tick_interval;
@@ -335,16 +353,11 @@ impl Replica {
                     });
                     return false;
                 }
-                match self.raw_node.read_index(id.to_le_bytes().to_vec()) {
-                    Ok(()) => {
-                        self.reads.insert(id, responder);
-                        if let (Some(spans), Some(trace)) = (&mut self.spans, trace) {
-                            spans.read_requested(id, trace);
-                        }
-                    }
-                    Err(error) => {
-                        let _ = responder.send(Err(proposal_error(&error)));
-                    }
+                let batch = self.read_batch.get_or_insert_with(|| (id, Vec::new()));
+                batch.1.push(responder);
+                let batch_id = batch.0;
+                if let (Some(spans), Some(trace)) = (&mut self.spans, trace) {
+                    spans.read_requested(batch_id, trace);
                 }
             }
             Input::ProposeConfChange {
@@ -396,6 +409,26 @@ impl Replica {
         false
     }
 
+    /// Starts one ReadIndex round for the reads that arrived since the last one.
+    fn start_read_batch(&mut self) {
+        let Some((id, responders)) = self.read_batch.take() else {
+            return;
+        };
+        match self.raw_node.read_index(id.to_le_bytes().to_vec()) {
+            Ok(()) => {
+                self.reads.insert(id, responders);
+            }
+            Err(error) => {
+                for responder in responders {
+                    let _ = responder.send(Err(proposal_error(&error)));
+                }
+                if let Some(spans) = &mut self.spans {
+                    spans.read_answered(id, None);
+                }
+            }
+        }
+    }
+
     fn park(&mut self, input: Input) {
         if self.parked.len() >= PARKED_MAX {
             fail(input, EtcdError::TooManyRequests.into());
@@ -429,8 +462,18 @@ impl Replica {
                 && !self.shared.sole_voter.load(Ordering::Relaxed)
                 && ready.snapshot.is_none();
             let mut messages = ready.messages;
+            let mut committed = ready.committed_entries;
             if send_early {
                 self.send_messages(std::mem::take(&mut messages));
+                // Entries a leader sees committed were made durable here in earlier Readies
+                // (committing needs a follower's acknowledgement of entries sent after that):
+                // apply them and answer their proposers now, not after this Ready's fsync.
+                if committed
+                    .last()
+                    .is_some_and(|entry| entry.index <= self.durable_index)
+                {
+                    self.apply_committed(std::mem::take(&mut committed))?;
+                }
             }
             // 1. Durable before anything that depends on it. A commit index alone is written
             // but not fsynced (etcd's MustSync): losing it loses nothing.
@@ -476,6 +519,12 @@ impl Replica {
                     spans.appended(&ready.entries, started, term);
                 }
             }
+            if let Some(snapshot) = &ready.snapshot {
+                self.durable_index = self.durable_index.max(snapshot.metadata.index);
+            }
+            if let Some(last) = ready.entries.last() {
+                self.durable_index = last.index;
+            }
             if !ready.entries.is_empty() {
                 self.raw_node.storage_mut().append(&ready.entries);
             }
@@ -487,8 +536,8 @@ impl Replica {
             }
             // 2. Messages.
             self.send_messages(messages);
-            // 3. Apply.
-            self.apply_committed(ready.committed_entries)?;
+            // 3. Apply (what was not applied above).
+            self.apply_committed(committed)?;
             // 4. Reads.
             for read in ready.read_states {
                 let Ok(id_bytes) = <[u8; 8]>::try_from(read.context.as_slice()) else {
@@ -540,6 +589,7 @@ impl Replica {
                 for input in parked {
                     self.handle(input);
                 }
+                self.start_read_batch();
             }
         }
     }
@@ -641,6 +691,10 @@ impl Replica {
             spans.batches_committed(self.store.revision());
         }
         self.applied_since_durable += entries.len() as u64;
+        self.applied_bytes_since_durable += entries
+            .iter()
+            .map(|entry| entry.data.len() as u64)
+            .sum::<u64>();
         let revision = self.store.revision();
         if revision != revision_before {
             // One read of the batch's changes here saves every watch stream its own.
@@ -751,6 +805,7 @@ impl Replica {
         }
         self.membership_changed()?;
         self.applied_since_durable = 0;
+        self.applied_bytes_since_durable = 0;
         self.revisions.send_replace(Published {
             revision: self.store.revision(),
             recent: None,
@@ -852,7 +907,7 @@ impl Replica {
             if *index > applied {
                 return true;
             }
-            if let Some(responder) = reads.remove(id) {
+            for responder in reads.remove(id).unwrap_or_default() {
                 let _ = responder.send(Ok(*index));
             }
             if let Some(spans) = spans {
@@ -865,15 +920,27 @@ impl Replica {
     /// Makes the store durable every so often, then drops the log it no longer needs (keeping
     /// some for members that fall behind).
     fn maybe_compact(&mut self) -> Result<(), String> {
-        if self.applied_since_durable < self.durable_every_entries {
+        if self.applied_since_durable < self.durable_every_entries
+            && self.applied_bytes_since_durable < DURABLE_EVERY_BYTES
+        {
             return Ok(());
         }
+        // Large entries (big transactions) count by size: the log kept for slow followers is
+        // held in memory and replayed at start, so it is bounded in bytes too (a follower
+        // further behind gets a snapshot).
+        let entry_bytes =
+            (self.applied_bytes_since_durable / self.applied_since_durable.max(1)).max(1);
+        let catch_up_entries = self
+            .catch_up_entries
+            .min(CATCH_UP_BYTES_MAX / entry_bytes)
+            .max(1);
         self.applied_since_durable = 0;
+        self.applied_bytes_since_durable = 0;
         self.store
             .sync()
             .map_err(|error| format!("store: {error}"))?;
         let applied = self.store.consistent_index();
-        let keep_from = applied.saturating_sub(self.catch_up_entries);
+        let keep_from = applied.saturating_sub(catch_up_entries);
         let first = self
             .raw_node
             .storage()

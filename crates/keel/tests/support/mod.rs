@@ -18,6 +18,27 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub const ETCD: &str = "/usr/bin/etcd";
+
+/// The runtime tests drive async clients with (two workers, like the machines CI runs on).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `etcdctl endpoint hashkv` of one endpoint: the hash, and the revision it covers.
+pub fn hash_kv(endpoint: &str) -> (u64, i64) {
+    let output = etcdctl(endpoint, &["endpoint", "hashkv", "-w", "json"]);
+    assert_eq!(output.status, Some(0), "{output:?}");
+    let parsed: serde_json::Value = serde_json::from_str(output.stdout.trim()).unwrap();
+    let entry = &parsed[0]["HashKV"];
+    (
+        entry["hash"].as_u64().unwrap(),
+        entry["header"]["revision"].as_i64().unwrap(),
+    )
+}
 pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 
 /// How long a server may take to accept connections.

@@ -9,8 +9,9 @@
 //!   reached it);
 //! - `raft.apply`: applying it to the store.
 //!
-//! Per traced linearizable read, on the member serving it: `raft.read_index` (the ReadIndex
-//! round with the leader) and `raft.wait_apply` (until this member has applied that index).
+//! Per traced linearizable read, on the member serving it: `raft.read_index` (from joining a
+//! batch of reads to knowing the read index from the leader: reads that arrive together share
+//! one ReadIndex round) and `raft.wait_apply` (until this member has applied that index).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -26,7 +27,7 @@ use crate::request::Request;
 /// Traced entries remembered between append and apply; past it new ones go untraced (entries
 /// that never commit, overwritten by a new leader, are dropped when a later index applies).
 const TRACKED_ENTRIES_MAX: usize = 65_536;
-/// Traced reads remembered between request and answer.
+/// Traced reads remembered between request and answer (over all rounds).
 const TRACKED_READS_MAX: usize = 16_384;
 
 struct Appended {
@@ -54,7 +55,9 @@ pub struct RaftSpans {
     appended: BTreeMap<u64, Appended>,
     /// Entries applied in a batch whose transaction has not committed yet.
     batched: Vec<(Applying, bool)>,
-    reads: HashMap<u64, Read>,
+    /// Traced reads by the id of the ReadIndex round (batch) they are in.
+    reads: HashMap<u64, Vec<Read>>,
+    reads_tracked: usize,
 }
 
 impl RaftSpans {
@@ -66,6 +69,7 @@ impl RaftSpans {
             appended: BTreeMap::new(),
             batched: Vec::new(),
             reads: HashMap::new(),
+            reads_tracked: 0,
         })
     }
 
@@ -177,31 +181,34 @@ impl RaftSpans {
         }
     }
 
-    /// A traced linearizable read `id` entered the ReadIndex round.
-    pub fn read_requested(&mut self, id: u64, trace: EntryTrace) {
-        if self.reads.len() >= TRACKED_READS_MAX {
+    /// A traced linearizable read joined the ReadIndex round `round`.
+    pub fn read_requested(&mut self, round: u64, trace: EntryTrace) {
+        if self.reads_tracked >= TRACKED_READS_MAX {
             // Reads that were never answered (the member lost its leader and they timed out):
             // forget them rather than grow.
             self.reads.clear();
+            self.reads_tracked = 0;
         }
-        {
-            self.reads.insert(
-                id,
-                Read {
-                    trace,
-                    requested_at: SystemTime::now(),
-                    indexed: None,
-                },
-            );
-        }
+        self.reads_tracked += 1;
+        self.reads.entry(round).or_default().push(Read {
+            trace,
+            requested_at: SystemTime::now(),
+            indexed: None,
+        });
     }
 
-    /// Read `id` learned its read index.
-    pub fn read_indexed(&mut self, id: u64, index: u64) {
-        if let Some(read) = self.reads.get_mut(&id) {
-            let now = SystemTime::now();
+    /// Round `round` learned its read index.
+    pub fn read_indexed(&mut self, round: u64, index: u64) {
+        let Some(reads) = self.reads.get_mut(&round) else {
+            return;
+        };
+        let now = SystemTime::now();
+        let mut started = Vec::with_capacity(reads.len());
+        for read in reads.iter_mut() {
             read.indexed = Some((index, now));
-            let (trace, requested_at) = (read.trace, read.requested_at);
+            started.push((read.trace, read.requested_at));
+        }
+        for (trace, requested_at) in started {
             self.emit(
                 "raft.read_index",
                 &trace,
@@ -212,28 +219,31 @@ impl RaftSpans {
         }
     }
 
-    /// Read `id` was answered (`None`: it failed or was dropped).
-    pub fn read_answered(&mut self, id: u64, applied: Option<u64>) {
-        let Some(read) = self.reads.remove(&id) else {
+    /// Round `round`'s reads were answered (`None`: the round failed).
+    pub fn read_answered(&mut self, round: u64, applied: Option<u64>) {
+        let Some(reads) = self.reads.remove(&round) else {
             return;
         };
-        let Some((index, indexed_at)) = read.indexed else {
-            return;
-        };
-        let mut span = self
-            .tracer
-            .span_builder("raft.wait_apply")
-            .with_kind(SpanKind::Internal)
-            .with_start_time(indexed_at)
-            .with_attributes(vec![
-                KeyValue::new("raft.read_index", index as i64),
-                KeyValue::new("raft.applied_index", applied.unwrap_or(0) as i64),
-                KeyValue::new("keel.member_id", self.member_id.clone()),
-            ])
-            .start_with_context(&self.tracer, &read.trace.parent_context());
-        if applied.is_none() {
-            span.set_status(Status::error("read failed"));
+        self.reads_tracked = self.reads_tracked.saturating_sub(reads.len());
+        for read in reads {
+            let Some((index, indexed_at)) = read.indexed else {
+                continue;
+            };
+            let mut span = self
+                .tracer
+                .span_builder("raft.wait_apply")
+                .with_kind(SpanKind::Internal)
+                .with_start_time(indexed_at)
+                .with_attributes(vec![
+                    KeyValue::new("raft.read_index", index as i64),
+                    KeyValue::new("raft.applied_index", applied.unwrap_or(0) as i64),
+                    KeyValue::new("keel.member_id", self.member_id.clone()),
+                ])
+                .start_with_context(&self.tracer, &read.trace.parent_context());
+            if applied.is_none() {
+                span.set_status(Status::error("read failed"));
+            }
+            span.end();
         }
-        span.end();
     }
 }

@@ -82,6 +82,31 @@ pub fn encode_tombstone(key: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// What rebuilding the key index needs of a record: `mvccpb.KeyValue` without the value (prost
+/// skips the fields not declared, so the value is neither copied nor allocated).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RecordKey {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+}
+
+/// Decodes a record's kind and key fields only; `Ok((true, key))` for a put.
+pub fn decode_key(revision: (i64, i64), bytes: &[u8]) -> Result<(bool, RecordKey), MvccError> {
+    let corrupt =
+        |why: String| MvccError::Corrupt(format!("record at revision {revision:?}: {why}"));
+    let (&kind, body) = bytes.split_first().ok_or_else(|| corrupt("empty".into()))?;
+    let key = RecordKey::decode(body).map_err(|error| corrupt(error.to_string()))?;
+    match kind {
+        KIND_PUT => Ok((true, key)),
+        KIND_TOMBSTONE => Ok((false, key)),
+        other => Err(corrupt(format!("unknown kind {other}"))),
+    }
+}
+
 pub fn decode(revision: (i64, i64), bytes: &[u8]) -> Result<Record, MvccError> {
     let corrupt =
         |why: String| MvccError::Corrupt(format!("record at revision {revision:?}: {why}"));

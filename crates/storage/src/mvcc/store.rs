@@ -67,6 +67,9 @@ pub(super) struct State {
     pub(super) auth_version: u64,
 }
 
+/// Pages redb keeps in its own cache.
+const REDB_CACHE_BYTES: usize = 64 << 20;
+
 /// The compacted revision of a store never compacted (etcd's initial `compactMainRev`). Reads and
 /// transactions at a negative revision, and a compaction at revision 0, succeed until the first
 /// compaction, as in etcd.
@@ -90,7 +93,12 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store at `path` and rebuilds the key index from it.
     pub fn open(path: &Path) -> Result<Store, MvccError> {
-        let db = Database::create(path)?;
+        // redb caches 1 GiB of pages by default; the OS page cache holds the file anyway, and
+        // the key index is in memory, so a small cache keeps the resident size close to the
+        // key index's (etcd's bbolt maps the whole file instead).
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(path)?;
         let write = db.begin_write()?;
         {
             let mut meta = write.open_table(META)?;
@@ -296,8 +304,8 @@ pub(super) fn load_state(db: &Database, auth_version: u64) -> Result<State, Mvcc
         let (main, sub) = key.value();
         let revision = Revision::new(main, sub);
         last_revision = main;
-        match backend::decode((main, sub), value.value())? {
-            Record::Put(kv) => {
+        match backend::decode_key((main, sub), value.value())? {
+            (true, kv) => {
                 let key_index = index.key_index_mut(&kv.key);
                 if key_index.is_empty() {
                     key_index.restore(Revision::new(kv.create_revision, 0), revision, kv.version);
@@ -305,7 +313,7 @@ pub(super) fn load_state(db: &Database, auth_version: u64) -> Result<State, Mvcc
                     key_index.put(revision);
                 }
             }
-            Record::Tombstone(key) => index.tombstone(&key, revision),
+            (false, kv) => index.tombstone(&kv.key, revision),
         }
     }
     Ok(State {
