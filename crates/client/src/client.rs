@@ -15,18 +15,23 @@ use keel_api::etcdserverpb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use crate::trace_context::TraceContextInterceptor;
 use crate::{DeleteOptions, Error, GetOptions, PutOptions};
+
+/// The connection with the caller's trace context added to every request.
+type Traced = InterceptedService<Channel, TraceContextInterceptor>;
 
 /// A connection to one Keel (or etcd) member. Cloning is cheap and shares the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    kv: KvClient<Channel>,
-    maintenance: MaintenanceClient<Channel>,
-    watch: WatchClient<Channel>,
-    lease: LeaseClient<Channel>,
+    kv: KvClient<Traced>,
+    maintenance: MaintenanceClient<Traced>,
+    watch: WatchClient<Traced>,
+    lease: LeaseClient<Traced>,
 }
 
 /// Requests a stream may have queued for the server before the caller waits.
@@ -117,11 +122,12 @@ impl Client {
 
     /// Uses an existing channel (a load-balanced one, say).
     pub fn from_channel(channel: Channel) -> Client {
+        let traced = InterceptedService::new(channel, TraceContextInterceptor);
         Client {
-            kv: KvClient::new(channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX),
-            maintenance: MaintenanceClient::new(channel.clone()),
-            watch: WatchClient::new(channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX),
-            lease: LeaseClient::new(channel),
+            kv: KvClient::new(traced.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX),
+            maintenance: MaintenanceClient::new(traced.clone()),
+            watch: WatchClient::new(traced.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX),
+            lease: LeaseClient::new(traced),
         }
     }
 

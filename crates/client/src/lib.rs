@@ -9,12 +9,17 @@
 //! assert_eq!(found.count, 1);
 //! # Ok(()) }
 //! ```
+//!
+//! Every request carries the caller's trace context (W3C `traceparent`) when it runs inside a
+//! sampled OpenTelemetry span (feature `otel`, on by default).
 
 mod client;
 mod error;
 mod options;
+mod trace_context;
 
 pub use client::{Client, LeaseKeeper, WatchStream};
 pub use error::Error;
 pub use keel_api::etcdserverpb as proto;
 pub use options::{prefix_end, DeleteOptions, GetOptions, PutOptions};
+pub use trace_context::TraceContextInterceptor;

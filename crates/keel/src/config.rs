@@ -158,6 +158,38 @@ pub struct Flags {
         default_value_t = 5_000
     )]
     pub experimental_snapshot_catchup_entries: u64,
+    /// Enable distributed tracing: OpenTelemetry spans exported over OTLP.
+    #[arg(long, env = "ETCD_ENABLE_DISTRIBUTED_TRACING", alias = "experimental-enable-distributed-tracing",
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_distributed_tracing: bool,
+    /// Address of the OTLP collector (gRPC: host:port [default: localhost:4317]; with
+    /// OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf an http:// URL). Unset, the standard
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT apply.
+    #[arg(
+        long,
+        env = "ETCD_DISTRIBUTED_TRACING_ADDRESS",
+        alias = "experimental-distributed-tracing-address"
+    )]
+    pub distributed_tracing_address: Option<String>,
+    /// Service name of this member's spans (unset: OTEL_SERVICE_NAME, else "etcd", etcd's default).
+    #[arg(
+        long,
+        env = "ETCD_DISTRIBUTED_TRACING_SERVICE_NAME",
+        alias = "experimental-distributed-tracing-service-name"
+    )]
+    pub distributed_tracing_service_name: Option<String>,
+    /// Service instance id of this member's spans, unique per member (empty: the member's --name).
+    #[arg(
+        long,
+        env = "ETCD_DISTRIBUTED_TRACING_INSTANCE_ID",
+        alias = "experimental-distributed-tracing-instance-id",
+        default_value = ""
+    )]
+    pub distributed_tracing_instance_id: String,
+    /// Traces sampled per million requests that start one (0 samples none; at most 1000000).
+    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_SAMPLING_RATE", alias = "experimental-distributed-tracing-sampling-rate",
+          default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub distributed_tracing_sampling_rate: u32,
     /// Path to a configuration file (not supported: use flags or ETCD_* variables).
     #[arg(long, env = "ETCD_CONFIG_FILE", default_value = "")]
     pub config_file: String,
@@ -387,6 +419,32 @@ mod tests {
             let error = flags(bad).auth_config().unwrap_err().to_string();
             assert!(error.starts_with("--auth-token: "), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn tracing_flags_parse_like_etcd() {
+        let flags = Flags::try_parse_from(["keel"]).unwrap();
+        assert!(!flags.enable_distributed_tracing);
+        assert_eq!(flags.distributed_tracing_sampling_rate, 0);
+        let flags = Flags::try_parse_from([
+            "keel",
+            "--enable-distributed-tracing",
+            "--distributed-tracing-sampling-rate",
+            "1000000",
+            "--distributed-tracing-address",
+            "127.0.0.1:4317",
+        ])
+        .unwrap();
+        assert!(flags.enable_distributed_tracing);
+        assert_eq!(flags.distributed_tracing_sampling_rate, 1_000_000);
+        let flags =
+            Flags::try_parse_from(["keel", "--experimental-enable-distributed-tracing=false"])
+                .unwrap();
+        assert!(!flags.enable_distributed_tracing);
+        assert!(
+            Flags::try_parse_from(["keel", "--distributed-tracing-sampling-rate", "1000001"])
+                .is_err()
+        );
     }
 
     #[test]

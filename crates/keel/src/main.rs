@@ -3,6 +3,8 @@
 
 mod config;
 mod metrics;
+mod span_queue;
+mod telemetry;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use keel_server::watch::WatchConfig;
 use keel_server::{Node, NodeConfig};
 
 use crate::config::{listen_addresses, normalize_args, url_list, Flags};
+use crate::telemetry::{Telemetry, TracingConfig};
 
 fn main() -> ExitCode {
     let flags = match Flags::try_parse_from(normalize_args(std::env::args())) {
@@ -27,18 +30,34 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(&flags);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
+            eprintln!("keel: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(flags)) {
+    let telemetry = match TracingConfig::from_flags(&flags, |name| std::env::var(name).ok())
+        .and_then(|config| {
+            config
+                .map(|config| Telemetry::install(&config, runtime.handle()))
+                .transpose()
+        }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("keel: distributed tracing: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&flags, telemetry.as_ref());
+    let result = runtime.block_on(run(flags));
+    if let Some(telemetry) = &telemetry {
+        telemetry.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %error, "keel stopped");
@@ -48,7 +67,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(flags: &Flags) {
+/// Logs as JSON lines filtered by `--log-level` (or `KEEL_LOG`); with tracing on, Keel's spans
+/// also go to OpenTelemetry, whatever the log level.
+fn init_logging(flags: &Flags, telemetry: Option<&Telemetry>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let level = match flags.log_level.as_str() {
         "debug" => "debug",
         "warn" => "warn",
@@ -58,15 +83,52 @@ fn init_logging(flags: &Flags) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
     });
-    let builder = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false);
-    if flags.log_outputs == "stdout" {
-        builder.with_writer(std::io::stdout).init();
+    let Some(telemetry) = telemetry else {
+        // Tracing off: exactly the subscriber Keel had before tracing existed.
+        let builder = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false);
+        if flags.log_outputs == "stdout" {
+            builder.with_writer(std::io::stdout).init();
+        } else {
+            builder.with_writer(std::io::stderr).init();
+        }
+        return;
+    };
+    // The tracing spans are for OpenTelemetry only: the log layer would format every span's
+    // fields for nothing.
+    let filter = ["grpc", "raft", "kv", "lease", "watch"]
+        .iter()
+        .filter_map(|target| format!("keel::{target}=warn").parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
+    let writer = if flags.log_outputs == "stdout" {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
     } else {
-        builder.with_writer(std::io::stderr).init();
-    }
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    };
+    let logs = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(writer)
+        .with_filter(filter);
+    // Only what Keel's spans say: no source locations, threads, targets, levels or busy/idle
+    // timings, each an attribute (and allocations, or clock reads) on every span.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(telemetry.tracer())
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_level(false)
+        .with_tracked_inactivity(false)
+        // Keel reads a span's context from the span itself; making it OpenTelemetry's current
+        // context on every poll of every instrumented future would be work for nothing.
+        .with_context_activation(false)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("keel", tracing::Level::INFO),
+        );
+    tracing_subscriber::registry().with(logs).with(spans).init();
 }
 
 async fn run(flags: Flags) -> Result<(), Box<dyn std::error::Error>> {

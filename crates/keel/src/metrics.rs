@@ -72,6 +72,16 @@ pub fn render(node: &Node) -> String {
             "keel_auth_token_failures_total{{cause=\"{cause}\"}} {count}"
         );
     }
+    // Tracing: all zero while --enable-distributed-tracing is off.
+    let (exported, dropped_queue_full, dropped_export_failed) = crate::span_queue::counts();
+    let _ = writeln!(
+        text,
+        "# HELP keel_tracing_spans_exported_total Spans the OTLP collector accepted.\n# TYPE keel_tracing_spans_exported_total counter\nkeel_tracing_spans_exported_total {exported}"
+    );
+    let _ = writeln!(
+        text,
+        "# HELP keel_tracing_spans_dropped_total Sampled spans never exported: the queue was full, or the export failed.\n# TYPE keel_tracing_spans_dropped_total counter\nkeel_tracing_spans_dropped_total{{reason=\"queue_full\"}} {dropped_queue_full}\nkeel_tracing_spans_dropped_total{{reason=\"export_failed\"}} {dropped_export_failed}"
+    );
     text
 }
 

@@ -20,6 +20,7 @@ pub mod range;
 pub mod replica;
 pub mod request;
 pub mod snapshot_transfer;
+pub mod telemetry;
 pub mod transport;
 pub mod validate;
 pub mod watch;

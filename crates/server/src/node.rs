@@ -36,6 +36,7 @@ use crate::replica::{
 };
 use crate::request::Request;
 use crate::snapshot_transfer::{remove_snapshot_files, snapshot_file};
+use crate::telemetry;
 use crate::transport::{PeerService, Transport};
 use crate::watch::Published;
 use crate::ServerError;
@@ -651,12 +652,25 @@ impl Node {
                 continue;
             }
             tracing::debug!(count = expired.len(), "revoking expired leases");
+            // With tracing on, one trace per round: its revokes' raft spans are its children.
+            let span = if telemetry::enabled() {
+                tracing::info_span!(
+                    target: "keel::lease",
+                    "lease.expire",
+                    lease.count = expired.len(),
+                    keel.member_id = format!("{:x}", self.identity.member_id),
+                )
+            } else {
+                tracing::Span::none()
+            };
             let revokes = expired.into_iter().map(|id| {
                 self.propose(Request::LeaseRevoke(
                     keel_api::etcdserverpb::LeaseRevokeRequest { id },
                 ))
             });
-            for result in futures::future::join_all(revokes).await {
+            let results =
+                tracing::Instrument::instrument(futures::future::join_all(revokes), span).await;
+            for result in results {
                 match result {
                     Ok(_) | Err(ServerError::Etcd(EtcdError::LeaseNotFound)) => {}
                     Err(ServerError::Stopped) => return,
@@ -716,12 +730,26 @@ impl Node {
 
     /// Puts `request` through the log; answers once it is committed, durable and applied here.
     pub async fn propose(&self, request: Request) -> Result<Response, ServerError> {
+        if !telemetry::enabled() {
+            return self.propose_in_span(request).await;
+        }
+        let span = tracing::info_span!(
+            target: "keel::raft",
+            "raft.propose",
+            raft.entry_bytes = request.encoded_len(),
+            keel.member_id = format!("{:x}", self.identity.member_id),
+        );
+        tracing::Instrument::instrument(self.propose_in_span(request), span).await
+    }
+
+    /// [`Node::propose`] inside the current span, whose context the entry carries.
+    async fn propose_in_span(&self, request: Request) -> Result<Response, ServerError> {
         if request.encoded_len() > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge.into());
         }
         self.quota.check(&request)?;
         let id = self.next_request_id();
-        let data = request.encode(id);
+        let data = request.encode_traced(id, telemetry::current_entry_trace().as_ref());
         let (responder, response) = oneshot::channel();
         self.submit(Input::Propose {
             id,
@@ -744,7 +772,11 @@ impl Node {
         }
         let id = self.next_request_id();
         let (responder, response) = oneshot::channel();
-        self.submit(Input::ReadIndex { id, responder })?;
+        self.submit(Input::ReadIndex {
+            id,
+            responder,
+            trace: telemetry::current_entry_trace(),
+        })?;
         match tokio::time::timeout(self.request_timeout, response).await {
             Ok(Ok(result)) => result.map(|_| ()),
             Ok(Err(_)) => Err(ServerError::Stopped),

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use keel_api::EtcdError;
 use keel_raft::{
@@ -38,6 +38,7 @@ use crate::membership::{self, Membership, REMOVED_MESSAGE};
 use crate::raft_log::RaftLog;
 use crate::request::Request;
 use crate::snapshot_transfer::{remove_snapshot_files, snapshot_file};
+use crate::telemetry::{EntryTrace, RaftSpans};
 use crate::transport::Transport;
 use crate::watch::Published;
 use crate::ServerError;
@@ -72,6 +73,8 @@ pub enum Input {
     ReadIndex {
         id: u64,
         responder: ReadResponder,
+        /// The reader's span, when tracing is on and it is sampled.
+        trace: Option<EntryTrace>,
     },
     /// A membership change; `id` (also in the change's context) finds the proposer when the
     /// entry applies.
@@ -205,6 +208,8 @@ pub struct Replica {
     durable_term_vote: (u64, Option<u64>),
     /// The last log index known durable in the WAL.
     durable_index: u64,
+    /// Spans for traced entries and reads; None while tracing is off.
+    spans: Option<RaftSpans>,
 }
 
 impl Replica {
@@ -257,6 +262,7 @@ impl Replica {
             removed: false,
             durable_term_vote,
             durable_index,
+            spans: RaftSpans::new(own_id),
         }
     }
 
@@ -334,15 +340,25 @@ impl Replica {
                     }
                 }
             }
-            Input::ReadIndex { id, responder } => {
+            Input::ReadIndex {
+                id,
+                responder,
+                trace,
+            } => {
                 if self.leader == 0 {
-                    self.park(Input::ReadIndex { id, responder });
+                    self.park(Input::ReadIndex {
+                        id,
+                        responder,
+                        trace,
+                    });
                     return false;
                 }
-                self.read_batch
-                    .get_or_insert_with(|| (id, Vec::new()))
-                    .1
-                    .push(responder);
+                let batch = self.read_batch.get_or_insert_with(|| (id, Vec::new()));
+                batch.1.push(responder);
+                let batch_id = batch.0;
+                if let (Some(spans), Some(trace)) = (&mut self.spans, trace) {
+                    spans.read_requested(batch_id, trace);
+                }
             }
             Input::ProposeConfChange {
                 id,
@@ -406,6 +422,9 @@ impl Replica {
                 for responder in responders {
                     let _ = responder.send(Err(proposal_error(&error)));
                 }
+                if let Some(spans) = &mut self.spans {
+                    spans.read_answered(id, None);
+                }
             }
         }
     }
@@ -459,6 +478,7 @@ impl Replica {
             // 1. Durable before anything that depends on it. A commit index alone is written
             // but not fsynced (etcd's MustSync): losing it loses nothing.
             let mut must_sync = false;
+            let append_started = self.spans.is_some().then(SystemTime::now);
             if let Some(snapshot) = &ready.snapshot {
                 self.persist_snapshot(snapshot)?;
                 must_sync = true;
@@ -493,6 +513,12 @@ impl Replica {
                     .sync()
                     .map_err(|error| format!("write-ahead log: {error}"))?;
             }
+            if let (Some(spans), Some(started)) = (&mut self.spans, append_started) {
+                if !ready.entries.is_empty() {
+                    let term = self.shared.term.load(Ordering::Relaxed);
+                    spans.appended(&ready.entries, started, term);
+                }
+            }
             if let Some(snapshot) = &ready.snapshot {
                 self.durable_index = self.durable_index.max(snapshot.metadata.index);
             }
@@ -517,8 +543,11 @@ impl Replica {
                 let Ok(id_bytes) = <[u8; 8]>::try_from(read.context.as_slice()) else {
                     continue;
                 };
-                self.ready_reads
-                    .push((read.index, u64::from_le_bytes(id_bytes)));
+                let id = u64::from_le_bytes(id_bytes);
+                if let Some(spans) = &mut self.spans {
+                    spans.read_indexed(id, read.index);
+                }
+                self.ready_reads.push((read.index, id));
             }
             self.answer_reads();
             // 5.
@@ -588,6 +617,11 @@ impl Replica {
                 EntryKind::Normal => {
                     let (id, request) = Request::decode(&entry.data)
                         .map_err(|error| format!("entry {}: {error}", entry.index))?;
+                    let leading = self.leader == self.own_id;
+                    let applying = self
+                        .spans
+                        .as_mut()
+                        .and_then(|spans| spans.committed(entry.index, leading));
                     if batchable(&request) {
                         let batch = match batch.as_mut() {
                             Some(batch) => {
@@ -604,6 +638,9 @@ impl Replica {
                         let result = apply_in(&mut batch.txn, &self.lessor, &request);
                         if let Err(ServerError::Fatal(reason)) = &result {
                             return Err(format!("applying entry {}: {reason}", entry.index));
+                        }
+                        if let (Some(spans), Some(applying)) = (&mut self.spans, applying) {
+                            spans.applied_in_batch(applying, result.is_ok());
                         }
                         if let Some(responder) = self.waiters.remove(&id) {
                             batch.answers.push((responder, result));
@@ -622,6 +659,9 @@ impl Replica {
                     );
                     if let Err(ServerError::Fatal(reason)) = &result {
                         return Err(format!("applying entry {}: {reason}", entry.index));
+                    }
+                    if let (Some(spans), Some(applying)) = (&self.spans, applying) {
+                        spans.applied(applying, result.is_ok(), self.store.revision());
                     }
                     if matches!(request, Request::MemberUpdate(_)) && result.is_ok() {
                         self.membership_changed()?;
@@ -646,6 +686,9 @@ impl Replica {
         }
         if let Some(batch) = batch.take() {
             batch.commit()?;
+        }
+        if let Some(spans) = &mut self.spans {
+            spans.batches_committed(self.store.revision());
         }
         self.applied_since_durable += entries.len() as u64;
         self.applied_bytes_since_durable += entries
@@ -859,12 +902,16 @@ impl Replica {
         }
         let applied = self.store.consistent_index();
         let reads = &mut self.reads;
+        let spans = &mut self.spans;
         self.ready_reads.retain(|(index, id)| {
             if *index > applied {
                 return true;
             }
             for responder in reads.remove(id).unwrap_or_default() {
                 let _ = responder.send(Ok(*index));
+            }
+            if let Some(spans) = spans {
+                spans.read_answered(*id, Some(applied));
             }
             false
         });

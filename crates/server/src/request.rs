@@ -3,6 +3,11 @@
 //! Layout: kind (u8), request id (u64 little-endian), then the request's protobuf encoding. The
 //! id lets the member that proposed an entry find the caller waiting for it once the entry is
 //! applied, wherever it lands in the log.
+//!
+//! A traced entry (distributed tracing on, the proposer's span sampled) has the kind's top bit
+//! ([`KIND_TRACED`]) set and the proposer's span identity ([`EntryTrace`], 25 bytes) between
+//! the id and the protobuf, so every member's spans for it join the proposer's trace. An
+//! untraced entry is byte for byte what it was before tracing existed.
 
 use keel_api::etcdserverpb::{
     AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,
@@ -12,6 +17,8 @@ use keel_api::etcdserverpb::{
     LeaseRevokeRequest, Member, PutRequest, TxnRequest,
 };
 use prost::Message;
+
+use crate::telemetry::EntryTrace;
 
 /// A request that changes the state machine, so goes through the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +102,9 @@ const KIND_LEASE_REVOKE: u8 = 6;
 const KIND_MEMBER_ATTRIBUTES: u8 = 18;
 const KIND_MEMBER_UPDATE: u8 = 19;
 const HEADER_BYTES: usize = 9;
+/// Set on the kind byte of an entry that carries the proposer's trace context after its id.
+/// Kinds themselves stay below it.
+pub const KIND_TRACED: u8 = 0x80;
 
 /// An entry that doesn't decode: the log is corrupt or was written by a newer Keel.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +129,13 @@ impl Request {
     }
 
     pub fn encode(&self, id: u64) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + self.encoded_len());
+        self.encode_traced(id, None)
+    }
+
+    /// The entry for this request, carrying `trace` (the proposer's span) when given.
+    pub fn encode_traced(&self, id: u64, trace: Option<&EntryTrace>) -> Vec<u8> {
+        let trace_bytes = trace.map_or(0, |_| EntryTrace::ENCODED_BYTES);
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + trace_bytes + self.encoded_len());
         let kind = match self {
             Request::Put(_) => KIND_PUT,
             Request::DeleteRange(_) => KIND_DELETE_RANGE,
@@ -131,8 +147,16 @@ impl Request {
             Request::MemberAttributes(_) => KIND_MEMBER_ATTRIBUTES,
             Request::MemberUpdate(_) => KIND_MEMBER_UPDATE,
         };
-        bytes.push(kind);
+        debug_assert!(kind < KIND_TRACED);
+        bytes.push(if trace.is_some() {
+            kind | KIND_TRACED
+        } else {
+            kind
+        });
         bytes.extend_from_slice(&id.to_le_bytes());
+        if let Some(trace) = trace {
+            trace.encode(&mut bytes);
+        }
         let encoded = match self {
             Request::Put(request) => request.encode(&mut bytes),
             Request::DeleteRange(request) => request.encode(&mut bytes),
@@ -149,8 +173,22 @@ impl Request {
         bytes
     }
 
+    /// The trace context a traced entry carries; a cheap look at the header (no protobuf
+    /// decoding), for the replica thread's spans.
+    pub fn entry_trace(bytes: &[u8]) -> Option<EntryTrace> {
+        if bytes.first()? & KIND_TRACED == 0 {
+            return None;
+        }
+        EntryTrace::decode(bytes.get(HEADER_BYTES..)?)
+    }
+
     /// Returns the request and the id it was proposed with.
     pub fn decode(bytes: &[u8]) -> Result<(u64, Request), DecodeError> {
+        Request::decode_traced(bytes).map(|(id, _, request)| (id, request))
+    }
+
+    /// Returns the id, the trace context (if the entry carries one) and the request.
+    pub fn decode_traced(bytes: &[u8]) -> Result<(u64, Option<EntryTrace>, Request), DecodeError> {
         if bytes.len() < HEADER_BYTES {
             return Err(DecodeError(format!(
                 "{} bytes is shorter than the header",
@@ -158,9 +196,23 @@ impl Request {
             )));
         }
         let id = u64::from_le_bytes(bytes[1..HEADER_BYTES].try_into().expect("8 bytes"));
-        let body = &bytes[HEADER_BYTES..];
+        let traced = bytes[0] & KIND_TRACED != 0;
+        let (trace, body) = if traced {
+            let trace = EntryTrace::decode(&bytes[HEADER_BYTES..]).ok_or_else(|| {
+                DecodeError(format!(
+                    "{} bytes is shorter than a traced entry's header",
+                    bytes.len()
+                ))
+            })?;
+            (
+                Some(trace),
+                &bytes[HEADER_BYTES + EntryTrace::ENCODED_BYTES..],
+            )
+        } else {
+            (None, &bytes[HEADER_BYTES..])
+        };
         let error = |error: prost::DecodeError| DecodeError(error.to_string());
-        let request = match bytes[0] {
+        let request = match bytes[0] & !KIND_TRACED {
             KIND_PUT => Request::Put(PutRequest::decode(body).map_err(error)?),
             KIND_DELETE_RANGE => {
                 Request::DeleteRange(DeleteRangeRequest::decode(body).map_err(error)?)
@@ -182,7 +234,7 @@ impl Request {
                 None => return Err(DecodeError(format!("unknown kind {other}"))),
             },
         };
-        Ok((id, request))
+        Ok((id, trace, request))
     }
 }
 
@@ -234,6 +286,36 @@ mod tests {
     }
 
     #[test]
+    fn traced_entries_round_trip_and_untraced_ones_cost_nothing() {
+        let request = Request::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        });
+        let trace = EntryTrace {
+            trace_id: [0xab; 16],
+            span_id: [0xcd; 8],
+            flags: 1,
+        };
+        let plain = request.encode(5);
+        let traced = request.encode_traced(5, Some(&trace));
+        assert_eq!(request.encode_traced(5, None), plain);
+        assert_eq!(traced.len(), plain.len() + EntryTrace::ENCODED_BYTES);
+        assert_eq!(traced[0], plain[0] | KIND_TRACED);
+        assert_eq!(Request::entry_trace(&plain), None);
+        assert_eq!(Request::entry_trace(&traced), Some(trace));
+        assert_eq!(
+            Request::decode_traced(&traced).unwrap(),
+            (5, Some(trace), request.clone())
+        );
+        assert_eq!(Request::decode(&traced).unwrap(), (5, request.clone()));
+        assert_eq!(Request::decode_traced(&plain).unwrap(), (5, None, request));
+        // A traced kind whose trace context is cut short.
+        assert!(Request::decode(&traced[..HEADER_BYTES + 10]).is_err());
+        assert_eq!(Request::entry_trace(&traced[..HEADER_BYTES + 10]), None);
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bytes in [
             &b""[..],
@@ -262,14 +344,26 @@ mod tests {
             failure: vec![],
         })
         .encode(9);
+        let traced = Request::Put(PutRequest::default()).encode_traced(
+            9,
+            Some(&EntryTrace {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                flags: 1,
+            }),
+        );
         for _ in 0..20_000 {
             let length = (next() % 64) as usize;
             let random: Vec<u8> = (0..length).map(|_| next() as u8).collect();
             let _ = Request::decode(&random);
-            let mut damaged = valid.clone();
-            let position = (next() as usize) % damaged.len();
-            damaged[position] ^= (next() as u8) | 1;
-            let _ = Request::decode(&damaged);
+            let _ = Request::entry_trace(&random);
+            for valid in [&valid, &traced] {
+                let mut damaged = valid.clone();
+                let position = (next() as usize) % damaged.len();
+                damaged[position] ^= (next() as u8) | 1;
+                let _ = Request::decode(&damaged);
+                let _ = Request::entry_trace(&damaged);
+            }
         }
     }
 }

@@ -304,9 +304,30 @@ impl WatchStream {
                     continue;
                 }
                 watcher.sent_since_tick = true;
-                for response in self.responses_for(id, changes.through_revision, events, fragment) {
-                    self.send(response).await?;
-                }
+                // With tracing on, each notification is a span of its own (the change's writer
+                // is not known here): how many events, through which revision, how long.
+                let span = if crate::telemetry::enabled() {
+                    tracing::info_span!(
+                        target: "keel::watch",
+                        "watch.notify",
+                        watch.id = id,
+                        watch.events = events.len(),
+                        etcd.revision = changes.through_revision,
+                    )
+                } else {
+                    tracing::Span::none()
+                };
+                let responses = self.responses_for(id, changes.through_revision, events, fragment);
+                tracing::Instrument::instrument(
+                    async {
+                        for response in responses {
+                            self.send(response).await?;
+                        }
+                        Ok::<(), Gone>(())
+                    },
+                    span,
+                )
+                .await?;
             }
         }
     }

@@ -182,6 +182,8 @@ pub struct Keel {
     client_port: u16,
     peer_port: u16,
     extra: Vec<String>,
+    /// Environment variables set for the process (on top of this process's).
+    environment: Vec<(String, String)>,
 }
 
 impl Keel {
@@ -191,23 +193,39 @@ impl Keel {
 
     /// Starts with extra flags (e.g. `--max-txn-ops 4`).
     pub fn start_with(extra: &[&str]) -> Keel {
+        Keel::start_with_environment(extra, &[])
+    }
+
+    /// Starts with extra flags and environment variables (e.g. `OTEL_*`).
+    pub fn start_with_environment(extra: &[&str], environment: &[(&str, &str)]) -> Keel {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let client_port = free_port();
         let peer_port = free_port();
         let extra: Vec<String> = extra.iter().map(|flag| (*flag).to_owned()).collect();
-        let process = Keel::spawn(dir.path(), client_port, peer_port, &extra);
+        let environment: Vec<(String, String)> = environment
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let process = Keel::spawn(dir.path(), client_port, peer_port, &extra, &environment);
         let mut keel = Keel {
             process,
             dir,
             client_port,
             peer_port,
             extra,
+            environment,
         };
         keel.process.wait_ready(client_port);
         keel
     }
 
-    fn spawn(dir: &Path, client_port: u16, peer_port: u16, extra: &[String]) -> Process {
+    fn spawn(
+        dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        extra: &[String],
+        environment: &[(String, String)],
+    ) -> Process {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
@@ -220,7 +238,8 @@ impl Keel {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("default={peer}")])
-            .args(extra);
+            .args(extra)
+            .envs(environment.iter().map(|(name, value)| (name, value)));
         Process::spawn("keel", command, dir.join("keel.log"))
     }
 
@@ -254,6 +273,7 @@ impl Keel {
             self.client_port,
             self.peer_port,
             &self.extra,
+            &self.environment,
         );
         self.process.wait_ready(self.client_port);
     }

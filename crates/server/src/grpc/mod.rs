@@ -32,6 +32,7 @@ pub use unimplemented::{not_yet, NotYet};
 pub use watch::WatchService;
 
 use crate::auth::Auth;
+use crate::telemetry::GrpcTraceLayer;
 use crate::watch::WatchConfig;
 use crate::Node;
 
@@ -67,6 +68,7 @@ pub async fn serve(
         };
     }
     tonic::transport::Server::builder()
+        .layer(GrpcTraceLayer::new(node.identity().member_id))
         .add_service(limits!(KvServer::new(KvService::new(
             Arc::clone(&node),
             config.max_txn_ops,
