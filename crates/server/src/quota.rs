@@ -4,7 +4,8 @@
 //! deletes and compaction go on, so an operator can free space, defragment and disarm.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use keel_api::etcdserverpb::request_op::Request as Op;
 use keel_api::etcdserverpb::TxnRequest;
@@ -20,7 +21,17 @@ pub struct Quota {
     bytes_max: u64,
     db_path: PathBuf,
     no_space: AtomicBool,
+    /// The file size as last read, and when (ms after `started`): a write checks the quota
+    /// against a size at most `SIZE_REFRESH_MS` old instead of a stat per request (etcd
+    /// checks an in-memory size; a burst can pass the quota by that much, as in etcd, whose
+    /// check also estimates).
+    size_bytes: AtomicU64,
+    size_read_at_ms: AtomicU64,
+    started: Instant,
 }
+
+/// How stale the size a write is checked against may be.
+const SIZE_REFRESH_MS: u64 = 100;
 
 impl Quota {
     /// `quota_backend_bytes` as etcd reads it: 0 is the default, negative disables the quota.
@@ -34,6 +45,10 @@ impl Quota {
             bytes_max,
             db_path,
             no_space: AtomicBool::new(false),
+            size_bytes: AtomicU64::new(0),
+            // Never read yet: the first check reads the file.
+            size_read_at_ms: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
         }
     }
 
@@ -63,7 +78,7 @@ impl Quota {
         if self.no_space.load(Ordering::Relaxed) {
             return Err(EtcdError::NoSpace);
         }
-        if self.db_size_bytes().saturating_add(cost) > self.bytes_max {
+        if self.recent_db_size_bytes().saturating_add(cost) > self.bytes_max {
             tracing::warn!(
                 quota_bytes = self.bytes_max,
                 "database space exceeded: NOSPACE alarm raised"
@@ -72,6 +87,18 @@ impl Quota {
             return Err(EtcdError::NoSpace);
         }
         Ok(())
+    }
+
+    fn recent_db_size_bytes(&self) -> u64 {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let read_at = self.size_read_at_ms.load(Ordering::Relaxed);
+        if read_at != u64::MAX && now_ms.saturating_sub(read_at) < SIZE_REFRESH_MS {
+            return self.size_bytes.load(Ordering::Relaxed);
+        }
+        let size = self.db_size_bytes();
+        self.size_bytes.store(size, Ordering::Relaxed);
+        self.size_read_at_ms.store(now_ms, Ordering::Relaxed);
+        size
     }
 
     pub fn no_space(&self) -> bool {

@@ -59,7 +59,7 @@ impl Store {
     /// Counts the commits that changed auth records since the store was opened: when it has not
     /// moved, neither has the auth state.
     pub fn auth_version(&self) -> u64 {
-        self.read_state().auth_version
+        self.auth_version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reads the auth state, with the [`Store::auth_version`] it is current for.

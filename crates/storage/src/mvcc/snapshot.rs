@@ -410,6 +410,8 @@ impl Store {
         txn.commit()?;
         // Readers of the auth state must read it again.
         *state = load_state(&self.db, state.auth_version + 1)?;
+        self.auth_version
+            .store(state.auth_version, std::sync::atomic::Ordering::Release);
         tracing::info!(
             consistent_index = header.consistent_index,
             revision = state.current_revision,

@@ -11,6 +11,7 @@
 //! before it can be released.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keel_api::mvccpb::KeyValue;
@@ -79,6 +80,9 @@ pub const NEVER_COMPACTED: i64 = -1;
 pub struct Store {
     pub(super) db: Database,
     state: RwLock<State>,
+    /// `State::auth_version`, readable without the lock: every request checks it, and must not
+    /// wait behind a batch of applied entries holding the write lock.
+    pub(super) auth_version: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -142,6 +146,7 @@ impl Store {
         Ok(Store {
             db,
             state: RwLock::new(state),
+            auth_version: AtomicU64::new(0),
         })
     }
 
@@ -215,6 +220,7 @@ impl Store {
         let begin_revision = state.current_revision;
         Ok(WriteTxn {
             state,
+            auth_version: &self.auth_version,
             txn,
             begin_revision,
             batch_changes: false,
@@ -440,6 +446,7 @@ impl ReadView for ReadTxn<'_> {
 /// gets its own revision, and the batch costs one commit.
 pub struct WriteTxn<'a> {
     state: RwLockWriteGuard<'a, State>,
+    auth_version: &'a AtomicU64,
     pub(super) txn: WriteTransaction,
     begin_revision: i64,
     /// Earlier entries of the batch changed keys: the transaction must commit.
@@ -564,6 +571,8 @@ impl WriteTxn<'_> {
             self.txn.commit()?;
             if self.auth_changes {
                 self.state.auth_version += 1;
+                self.auth_version
+                    .store(self.state.auth_version, Ordering::Release);
             }
         } else {
             self.txn.abort()?;
