@@ -224,6 +224,7 @@ impl Store {
             txn,
             begin_revision,
             batch_changes: false,
+            pending: std::cell::RefCell::new(Vec::new()),
             changes: 0,
             lease_changes: false,
             member_changes: false,
@@ -441,6 +442,10 @@ impl ReadView for ReadTxn<'_> {
     }
 }
 
+/// A `kv` record a write transaction has not inserted into redb yet: (main, sub) revision and
+/// the encoded record.
+type PendingRecord = ((i64, i64), Vec<u8>);
+
 /// The changes of one log entry: every put and delete in it share one main revision. Several
 /// consecutive entries may share one redb transaction ([`WriteTxn::next_entry`]): each still
 /// gets its own revision, and the batch costs one commit.
@@ -451,6 +456,8 @@ pub struct WriteTxn<'a> {
     begin_revision: i64,
     /// Earlier entries of the batch changed keys: the transaction must commit.
     batch_changes: bool,
+    /// `kv` records not yet inserted into redb (see `flush`).
+    pending: std::cell::RefCell<Vec<PendingRecord>>,
     /// Changes so far; the next change's sub revision.
     changes: i64,
     /// Leases granted or revoked: the transaction must commit even without key changes.
@@ -494,10 +501,9 @@ impl WriteTxn<'_> {
             value,
             lease,
         };
-        self.txn.open_table(KV)?.insert(
-            (revision.main, revision.sub),
-            backend::encode_put(&kv).as_slice(),
-        )?;
+        self.pending
+            .get_mut()
+            .push(((revision.main, revision.sub), backend::encode_put(&kv)));
         self.state.index.put(key, revision);
         self.changes += 1;
         Ok(main)
@@ -515,19 +521,30 @@ impl WriteTxn<'_> {
             return Ok((0, self.read_revision()));
         }
         let main = self.begin_revision + 1;
-        {
-            let mut table = self.txn.open_table(KV)?;
-            for name in &doomed {
-                let revision = Revision::new(main, self.changes);
-                table.insert(
-                    (revision.main, revision.sub),
-                    backend::encode_tombstone(name).as_slice(),
-                )?;
-                self.state.index.tombstone(name, revision);
-                self.changes += 1;
-            }
+        for name in &doomed {
+            let revision = Revision::new(main, self.changes);
+            self.pending
+                .get_mut()
+                .push(((revision.main, revision.sub), backend::encode_tombstone(name)));
+            self.state.index.tombstone(name, revision);
+            self.changes += 1;
         }
         Ok((doomed.len() as i64, main))
+    }
+
+    /// Writes the buffered records to the `kv` table: one `open_table` for many records (it
+    /// costs a table-tree lookup and allocations each time). Reads in the transaction flush
+    /// first, so they see its own changes.
+    fn flush(&self) -> Result<(), MvccError> {
+        let mut pending = self.pending.borrow_mut();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(KV)?;
+        for (revision, record) in pending.drain(..) {
+            table.insert(revision, record.as_slice())?;
+        }
+        Ok(())
     }
 
     /// Ends the changes of the current entry and starts those of log entry `consistent_index`
@@ -553,6 +570,7 @@ impl WriteTxn<'_> {
     /// Ends the transaction; returns the store's revision after it. With `durable`, the redb
     /// state reaches disk before this returns.
     pub fn commit(mut self, durable: bool) -> Result<i64, MvccError> {
+        self.flush()?;
         self.state.consistent_index = self.consistent_index;
         if self.changes > 0 {
             self.state.current_revision = self.begin_revision + 1;
@@ -589,6 +607,7 @@ impl ReadView for WriteTxn<'_> {
         end: RangeEnd<'_>,
         options: &RangeOptions,
     ) -> Result<RangeResult, MvccError> {
+        self.flush()?;
         let (revisions, result) = plan_range(&self.state, self.read_revision(), key, end, options)?;
         fetch(revisions, result, || Ok(self.txn.open_table(KV)?))
     }
