@@ -697,11 +697,19 @@ impl Replica {
             .sum::<u64>();
         let revision = self.store.revision();
         if revision != revision_before {
-            // One read of the batch's changes here saves every watch stream its own.
-            let recent = match self.store.changes(revision_before + 1, RECENT_CHANGES_MAX) {
-                Ok(changes) if changes.through_revision == revision => Some(Arc::new(changes)),
-                Ok(_) => None,
-                Err(error) => return Err(format!("reading the changes just applied: {error}")),
+            // One read of the batch's changes here saves every watch stream its own; with no
+            // watch stream (the node's own receiver is the one left) nobody would read it.
+            let watched = self.revisions.receiver_count() > 1;
+            let recent = match watched
+                .then(|| self.store.changes(revision_before + 1, RECENT_CHANGES_MAX))
+            {
+                Some(Ok(changes)) if changes.through_revision == revision => {
+                    Some(Arc::new(changes))
+                }
+                Some(Ok(_)) | None => None,
+                Some(Err(error)) => {
+                    return Err(format!("reading the changes just applied: {error}"))
+                }
             };
             self.revisions.send_replace(Published { revision, recent });
         }
