@@ -523,9 +523,10 @@ impl WriteTxn<'_> {
         let main = self.begin_revision + 1;
         for name in &doomed {
             let revision = Revision::new(main, self.changes);
-            self.pending
-                .get_mut()
-                .push(((revision.main, revision.sub), backend::encode_tombstone(name)));
+            self.pending.get_mut().push((
+                (revision.main, revision.sub),
+                backend::encode_tombstone(name),
+            ));
             self.state.index.tombstone(name, revision);
             self.changes += 1;
         }
