@@ -320,13 +320,7 @@ fn kill_all(size: usize) {
         }
     });
     // ... and the same data, record for record.
-    let hashes: Vec<_> = (0..size)
-        .map(|index| support::hash_kv(&cluster.endpoint(index)))
-        .collect();
-    assert!(
-        hashes.iter().all(|hash| *hash == hashes[0]),
-        "HashKV differs after restart: {hashes:?}"
-    );
+    support::assert_same_hash_kv(&cluster, 0..size);
 }
 
 #[test]

@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use keel_client::{Client, GetOptions, PutOptions};
-use support::{etcdctl, hash_kv, Cluster};
+use support::{assert_same_hash_kv, etcdctl, Cluster};
 
 /// Short timeouts; a durable store commit (and log release) every 50 applied entries, keeping
 /// only 10 behind it, so a member falls behind the log quickly.
@@ -182,13 +182,7 @@ fn follower_catches_up(size: usize) {
     wait_for_installed_snapshot(&cluster, behind);
     assert!(cluster.log(leader).contains("sent a store snapshot"));
     let check = |cluster: &Cluster| {
-        let hashes: Vec<_> = (0..size)
-            .map(|index| hash_kv(&cluster.endpoint(index)))
-            .collect();
-        assert!(
-            hashes.iter().all(|hash| *hash == hashes[0]),
-            "members disagree: {hashes:?}"
-        );
+        assert_same_hash_kv(cluster, 0..size);
         // The snapshot carried history, the compaction, leases and auth.
         let endpoint = cluster.endpoint(behind);
         let old = etcdctl(
@@ -322,13 +316,7 @@ fn joins_after_compaction(learner: bool) {
             .revision
     });
     runtime.block_on(wait_for_revision(&cluster, &[0, 1, 2, new], after));
-    let hashes: Vec<_> = (0..4)
-        .map(|index| hash_kv(&cluster.endpoint(index)))
-        .collect();
-    assert!(
-        hashes.iter().all(|hash| *hash == hashes[0]),
-        "members disagree: {hashes:?}"
-    );
+    assert_same_hash_kv(&cluster, 0..4);
 }
 
 /// kill -9 at the worst moment of an install (fault injection: the member aborts once the
@@ -387,12 +375,6 @@ fn a_crash_between_the_snapshot_marker_and_the_store_install_is_repaired_at_star
     cluster.restart(behind);
     assert!(cluster.log(behind).contains("installed a store snapshot"));
     runtime.block_on(wait_for_revision(&cluster, &[0, 1, 2], revision));
-    let hashes: Vec<_> = (0..3)
-        .map(|index| hash_kv(&cluster.endpoint(index)))
-        .collect();
-    assert!(
-        hashes.iter().all(|hash| *hash == hashes[0]),
-        "members disagree: {hashes:?}"
-    );
+    assert_same_hash_kv(&cluster, 0..3);
     assert!(!kept.exists(), "the installed snapshot file is removed");
 }

@@ -28,6 +28,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Asserts that `members` of `cluster` hold the same data (HashKV, and the revision it covers).
+pub fn assert_same_hash_kv(cluster: &Cluster, members: impl IntoIterator<Item = usize>) {
+    let hashes: Vec<(u64, i64)> = members
+        .into_iter()
+        .map(|index| hash_kv(&cluster.endpoint(index)))
+        .collect();
+    assert!(
+        hashes.iter().all(|hash| *hash == hashes[0]),
+        "members disagree (HashKV, revision): {hashes:?}"
+    );
+}
+
 /// `etcdctl endpoint hashkv` of one endpoint: the hash, and the revision it covers.
 pub fn hash_kv(endpoint: &str) -> (u64, i64) {
     let output = etcdctl(endpoint, &["endpoint", "hashkv", "-w", "json"]);
