@@ -225,21 +225,21 @@ impl Node {
         let marker = replay.as_ref().and_then(|replay| replay.snapshot);
         // A snapshot from the leader whose marker reached the WAL but whose store install did
         // not finish: install it now (its file is kept until the store holds it).
-        match marker {
-            Some(marker) if marker.index > 1 && marker.index > store.consistent_index() => {
-                let path = snapshot_file(&snap_dir, marker.index);
-                store.install(&path).map_err(|error| {
-                    StartError::Log(format!(
-                        "the log starts after a snapshot at index {} that the store does not \
-                         hold, and its file {} cannot be installed: {error}",
-                        marker.index,
-                        path.display()
-                    ))
-                })?;
-                remove_snapshot_files(&snap_dir, None);
-            }
-            _ => remove_snapshot_files(&snap_dir, None),
+        if let Some(marker) =
+            marker.filter(|marker| marker.index > 1 && marker.index > store.consistent_index())
+        {
+            let path = snapshot_file(&snap_dir, marker.index);
+            store.install(&path).map_err(|error| {
+                StartError::Log(format!(
+                    "the log starts after a snapshot at index {} that the store does not \
+                     hold, and its file {} cannot be installed: {error}",
+                    marker.index,
+                    path.display()
+                ))
+            })?;
         }
+        // Installed above, or left over from a transfer that never reached the log.
+        remove_snapshot_files(&snap_dir);
         // The membership as of the store's consistent index: where Raft resumes applying.
         let membership = Membership::load(&identity.initial_members, &store)?;
         if membership.is_removed(identity.member_id) {

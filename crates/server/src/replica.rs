@@ -802,7 +802,7 @@ impl Replica {
                 header.consistent_index
             ));
         }
-        remove_snapshot_files(&self.snap_dir, None);
+        remove_snapshot_files(&self.snap_dir);
         self.lessor.reset(
             self.store
                 .leases()

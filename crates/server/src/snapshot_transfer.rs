@@ -44,18 +44,16 @@ pub fn snapshot_file(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:016x}.keelsnap"))
 }
 
-/// Removes snapshot files and partial transfers, except the snapshot at `keep` (if any).
-pub fn remove_snapshot_files(dir: &Path, keep: Option<u64>) {
+/// Removes every snapshot file and partial transfer (called once the store holds what it
+/// needs, or at start when no snapshot is pending).
+pub fn remove_snapshot_files(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let kept = keep.map(|index| snapshot_file(dir, index));
     for entry in entries.flatten() {
         let path = entry.path();
-        if Some(&path) != kept.as_ref() {
-            if let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), %error, "cannot remove an old snapshot file");
-            }
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), %error, "cannot remove an old snapshot file");
         }
     }
 }
@@ -192,6 +190,48 @@ async fn transfer(
     written
 }
 
+fn internal(error: std::io::Error) -> Status {
+    Status::internal(format!("keel: snapshot file: {error}"))
+}
+
+/// Writes the chunks, from `first` to the last, into a new file at `path` and makes it durable;
+/// returns the data bytes. Checks the checksum the last chunk carries.
+async fn write_chunks(
+    first: SnapshotChunk,
+    stream: &mut Streaming<SnapshotChunk>,
+    path: &Path,
+) -> Result<u64, Status> {
+    let mut file = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut crc = 0;
+    let mut bytes = 0u64;
+    let mut chunk = first;
+    loop {
+        crc = crc32c::crc32c_append(crc, &chunk.data);
+        bytes += chunk.data.len() as u64;
+        file.write_all(&chunk.data).await.map_err(internal)?;
+        if chunk.last {
+            if chunk.crc32c != crc {
+                return Err(Status::data_loss(
+                    "keel: the snapshot's checksum does not match its data",
+                ));
+            }
+            break;
+        }
+        chunk = match tokio::time::timeout(CHUNK_WAIT, stream.message()).await {
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => return Err(invalid("the stream ended before the last chunk")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "keel: the snapshot sender went silent",
+                ))
+            }
+        };
+    }
+    file.sync_all().await.map_err(internal)?;
+    Ok(bytes)
+}
+
 fn invalid(reason: &str) -> Status {
     Status::invalid_argument(format!("keel: invalid snapshot transfer: {reason}"))
 }
@@ -221,48 +261,17 @@ pub async fn receive_snapshot(
         .map(|snapshot| snapshot.metadata.index)
         .filter(|&index| index > 1)
         .ok_or_else(|| invalid("no snapshot index"))?;
-    let internal =
-        |error: std::io::Error| Status::internal(format!("keel: snapshot file: {error}"));
     tokio::fs::create_dir_all(dir).await.map_err(internal)?;
     let partial = dir.join(format!("{index:016x}.{:x}.tmp", first.from));
-    let mut file = tokio::fs::File::create(&partial).await.map_err(internal)?;
-    let mut crc = 0;
-    let mut bytes = 0u64;
-    let mut chunk = first;
-    loop {
-        crc = crc32c::crc32c_append(crc, &chunk.data);
-        bytes += chunk.data.len() as u64;
-        file.write_all(&chunk.data).await.map_err(internal)?;
-        if chunk.last {
-            if chunk.crc32c != crc {
-                drop(file);
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(Status::data_loss(
-                    "keel: the snapshot's checksum does not match its data",
-                ));
-            }
-            break;
+    let written = write_chunks(first, &mut stream, &partial).await;
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(status) => {
+            // Whatever went wrong, a partial transfer is never kept.
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(status);
         }
-        chunk = match tokio::time::timeout(CHUNK_WAIT, stream.message()).await {
-            Ok(Ok(Some(chunk))) => chunk,
-            Ok(Ok(None)) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(invalid("the stream ended before the last chunk"));
-            }
-            Ok(Err(status)) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(status);
-            }
-            Err(_) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(Status::deadline_exceeded(
-                    "keel: the snapshot sender went silent",
-                ));
-            }
-        };
-    }
-    file.sync_all().await.map_err(internal)?;
-    drop(file);
+    };
     let path = snapshot_file(dir, index);
     tokio::fs::rename(&partial, &path).await.map_err(internal)?;
     let dir_owned = dir.to_path_buf();

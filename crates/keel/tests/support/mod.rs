@@ -94,8 +94,17 @@ struct Process {
 }
 
 impl Process {
-    fn spawn(what: &'static str, mut command: Command, log: PathBuf) -> Process {
+    fn spawn(what: &'static str, command: Command, log: PathBuf) -> Process {
         let file = File::create(&log).expect("create the server log");
+        Process::spawn_logging_to(what, command, log, file)
+    }
+
+    fn spawn_logging_to(
+        what: &'static str,
+        mut command: Command,
+        log: PathBuf,
+        file: File,
+    ) -> Process {
         let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone the log handle"))
@@ -114,23 +123,13 @@ impl Process {
     }
 
     /// Like `spawn`, but appends to the log instead of truncating it.
-    fn spawn_appending(what: &'static str, mut command: Command, log: PathBuf) -> Process {
+    fn spawn_appending(what: &'static str, command: Command, log: PathBuf) -> Process {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open the server log");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone the log handle"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {what}: {error}"));
-        Process {
-            child: Some(child),
-            log,
-            what,
-        }
+        Process::spawn_logging_to(what, command, log, file)
     }
 
     /// Waits until `port` accepts connections; panics with the server's log otherwise.

@@ -25,7 +25,7 @@ pub use auth_tables::{AuthTable, StoredAuth};
 pub use error::MvccError;
 pub use key_index::{KeyAt, KeyIndex, RangeEnd, TreeIndex};
 pub use revision::Revision;
-pub use snapshot::{verify_snapshot, SnapshotHeader, StoreSnapshot};
+pub use snapshot::{SnapshotHeader, StoreSnapshot};
 pub use store::{
     Change, ChangeKind, Changes, KvHash, LeaseKeys, MembershipChanges, RangeOptions, RangeResult,
     ReadTxn, ReadView, Store, StoredLease, WriteTxn, NEVER_COMPACTED,

@@ -305,7 +305,7 @@ fn check_record(tag: u8, key: &[u8], value: &[u8]) -> Result<(), MvccError> {
 
 /// Checks the whole snapshot file at `path`: its framing, every record, the count and the
 /// checksum. Returns its header.
-pub fn verify_snapshot(path: &Path) -> Result<SnapshotHeader, MvccError> {
+fn verify_snapshot(path: &Path) -> Result<SnapshotHeader, MvccError> {
     let mut decoder = open_file(path)?;
     let header = decoder.header()?;
     let mut records = 0;
