@@ -29,7 +29,7 @@ use keel_api::etcdserverpb::watch_request::RequestUnion;
 use keel_api::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use keel_api::mvccpb::{event::EventType, Event, KeyValue};
 use keel_storage::mvcc::{Change, ChangeKind, Changes, MvccError, RangeEnd, RangeOptions};
-use prost::encoding::{bool as proto_bool, int64 as proto_int64, message as proto_message};
+use prost::encoding::{int64 as proto_int64, message as proto_message};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -53,7 +53,6 @@ pub type ResponseBatch = Result<Vec<EncodedResponse>, Status>;
 // Field numbers of `etcdserverpb.WatchResponse` (rpc.proto) that `EncodedResponse` writes.
 const HEADER_FIELD: u32 = 1;
 const WATCH_ID_FIELD: u32 = 2;
-const FRAGMENT_FIELD: u32 = 7;
 const EVENTS_FIELD: u32 = 11;
 
 /// A `WatchResponse` already encoded as protobuf (without gRPC's message framing).
@@ -61,17 +60,17 @@ const EVENTS_FIELD: u32 = 11;
 /// Event notifications keep their parts apart: the header and the events are encoded once per
 /// delivery and shared (reference-counted) by every watcher sent the same events; only the
 /// watcher id is written per response. The bytes are exactly what prost writes for the
-/// equivalent `WatchResponse` (fields in number order, zero values left out).
+/// equivalent `WatchResponse` (fields in number order, zero values left out). Fragments, rare,
+/// are encoded whole.
 #[derive(Debug, Clone)]
 pub enum EncodedResponse {
     /// Any response, encoded whole.
     Whole(Bytes),
-    /// Events for one watcher.
+    /// Events for one watcher, in one response.
     Events {
         /// Field 1, the header, with its tag and length.
         header: Bytes,
         watch_id: i64,
-        fragment: bool,
         /// Field 11, every event with its tag and length.
         events: Bytes,
     },
@@ -89,7 +88,6 @@ impl EncodedResponse {
             EncodedResponse::Events {
                 header,
                 watch_id,
-                fragment,
                 events,
             } => {
                 let watch_id_len = if *watch_id == 0 {
@@ -97,12 +95,7 @@ impl EncodedResponse {
                 } else {
                     proto_int64::encoded_len(WATCH_ID_FIELD, watch_id)
                 };
-                let fragment_len = if *fragment {
-                    proto_bool::encoded_len(FRAGMENT_FIELD, fragment)
-                } else {
-                    0
-                };
-                header.len() + watch_id_len + fragment_len + events.len()
+                header.len() + watch_id_len + events.len()
             }
         }
     }
@@ -114,15 +107,11 @@ impl EncodedResponse {
             EncodedResponse::Events {
                 header,
                 watch_id,
-                fragment,
                 events,
             } => {
                 buffer.put_slice(header);
                 if *watch_id != 0 {
                     proto_int64::encode(WATCH_ID_FIELD, watch_id, buffer);
-                }
-                if *fragment {
-                    proto_bool::encode(FRAGMENT_FIELD, fragment, buffer);
                 }
                 buffer.put_slice(events);
             }
@@ -521,7 +510,6 @@ impl WatchStream {
                     self.push(EncodedResponse::Events {
                         header: header.clone(),
                         watch_id: id,
-                        fragment: false,
                         events: events.bytes,
                     })
                     .await
@@ -682,7 +670,7 @@ mod tests {
 
     /// The shared encoding is a shortcut, never a different message: a client must read
     /// exactly the response prost would have written, whatever the id (zero is left out,
-    /// negative ids take ten bytes) and with or without the fragment flag.
+    /// negative ids take ten bytes).
     #[test]
     fn encoded_events_are_the_bytes_prost_writes() {
         let header = ResponseHeader {
@@ -704,25 +692,21 @@ mod tests {
             events.iter().map(Message::encoded_len).sum::<usize>()
         );
         for watch_id in [0, 1, 49, 300, i64::MAX, -1] {
-            for fragment in [false, true] {
-                let response = EncodedResponse::Events {
-                    header: encode_header(&header),
-                    watch_id,
-                    fragment,
-                    events: shared.bytes.clone(),
-                };
-                let mut bytes = Vec::new();
-                response.encode(&mut bytes);
-                let expected = WatchResponse {
-                    header: Some(header),
-                    watch_id,
-                    fragment,
-                    events: events.clone(),
-                    ..WatchResponse::default()
-                };
-                assert_eq!(bytes, expected.encode_to_vec(), "watch id {watch_id}");
-                assert_eq!(response.encoded_len(), bytes.len());
-            }
+            let response = EncodedResponse::Events {
+                header: encode_header(&header),
+                watch_id,
+                events: shared.bytes.clone(),
+            };
+            let mut bytes = Vec::new();
+            response.encode(&mut bytes);
+            let expected = WatchResponse {
+                header: Some(header),
+                watch_id,
+                events: events.clone(),
+                ..WatchResponse::default()
+            };
+            assert_eq!(bytes, expected.encode_to_vec(), "watch id {watch_id}");
+            assert_eq!(response.encoded_len(), bytes.len());
         }
         let created = WatchResponse {
             header: Some(header),

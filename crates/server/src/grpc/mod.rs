@@ -28,7 +28,8 @@ pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{MaintenanceService, ETCD_COMPATIBLE_VERSION};
 pub use unimplemented::{not_yet, NotYet};
-pub use watch::{WatchServer, WatchService};
+pub use watch::WatchService;
+use watch::WatchServer;
 
 use crate::auth::Auth;
 use crate::telemetry::GrpcTraceLayer;
