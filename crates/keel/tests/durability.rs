@@ -132,6 +132,15 @@ fn wal_segments(data_dir: &Path) -> Vec<PathBuf> {
     segments
 }
 
+/// Where a segment's nonzero bytes end: its preallocated rest is zeros. The last record itself
+/// may end in a few zero bytes (the high bytes of a hard state's commit index).
+fn records_end(segment: &[u8]) -> usize {
+    segment
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last + 1)
+}
+
 async fn put_keys(endpoint: &str, count: usize) {
     let mut client = Client::connect(endpoint).await.unwrap();
     for i in 0..count {
@@ -227,10 +236,17 @@ fn a_torn_wal_tail_is_cut_and_every_complete_write_is_kept() {
     runtime.block_on(put_keys(&keel.endpoint(), 100));
     keel.kill_9();
 
-    // A crash in the middle of a write: half a record of garbage at the end of the log.
+    // A crash in the middle of a write: half a record of garbage at the end of the log (the
+    // records end where the segment's preallocated zeros begin).
     let last = wal_segments(&data_dir).pop().unwrap();
     let mut bytes = std::fs::read(&last).unwrap();
-    bytes.extend_from_slice(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 3, 1, 2]);
+    // (Past the last nonzero byte: the last record may end in a few zero bytes of a number.)
+    let at = records_end(&bytes) + 16;
+    let garbage = [0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 3, 1, 2];
+    if bytes.len() < at + garbage.len() {
+        bytes.resize(at + garbage.len(), 0);
+    }
+    bytes[at..at + garbage.len()].copy_from_slice(&garbage);
     std::fs::write(&last, &bytes).unwrap();
 
     let keel = Keel::start(&data_dir);
@@ -253,7 +269,7 @@ fn a_corrupt_wal_record_in_the_middle_refuses_to_start_and_changes_nothing() {
 
     let last = wal_segments(&data_dir).pop().unwrap();
     let mut bytes = std::fs::read(&last).unwrap();
-    let middle = bytes.len() / 2;
+    let middle = records_end(&bytes) / 2;
     bytes[middle] ^= 0x55;
     std::fs::write(&last, &bytes).unwrap();
 

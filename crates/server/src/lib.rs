@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod lease;
 pub mod membership;
 pub mod node;
+pub mod peer_stream;
 pub mod quota;
 pub mod raft_log;
 pub mod range;

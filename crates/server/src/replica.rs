@@ -557,21 +557,24 @@ impl Replica {
         Ok(())
     }
 
-    fn send_messages(&mut self, messages: Vec<Message>) {
-        for message in messages {
-            let to = message.to;
-            if message.kind == MessageKind::Snapshot
-                && message
-                    .snapshot
-                    .as_ref()
-                    .is_some_and(|snapshot| snapshot.metadata.index > 1)
-            {
-                self.send_store_snapshot(message);
-                continue;
-            }
-            if !self.transport.send(message) {
-                self.raw_node.report_unreachable(to);
-            }
+    fn send_messages(&mut self, mut messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let snapshots: Vec<Message> = messages
+            .extract_if(.., |message| {
+                message.kind == MessageKind::Snapshot
+                    && message
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|snapshot| snapshot.metadata.index > 1)
+            })
+            .collect();
+        for message in snapshots {
+            self.send_store_snapshot(message);
+        }
+        for peer in self.transport.send(messages) {
+            self.raw_node.report_unreachable(peer);
         }
     }
 

@@ -1,26 +1,16 @@
-//! The peer transport: Raft messages between members over gRPC (`keelraftpb.Raft/Send`).
+//! The peer transport: Raft messages between members, and the gRPC calls members make of each
+//! other (`keelraftpb.Raft`: snapshot transfer, forwarded lease and membership calls, cluster
+//! information).
 //!
-//! Each peer has a sender task with a bounded queue; the Raft thread hands it messages without
-//! waiting, and a full queue (a slow or unreachable peer) drops them, which Raft tolerates (it
-//! retries by protocol) and is told about through `report_unreachable`. The receiving side
-//! refuses batches from another cluster, so members of two clusters can't be mixed up.
+//! Raft messages travel over [`crate::peer_stream`]'s plain TCP streams, one per peer, written
+//! from the replica thread; a full or broken stream drops them, which Raft tolerates (it retries
+//! by protocol) and is told about through `report_unreachable`. The receiving side refuses
+//! messages from another cluster, so members of two clusters can't be mixed up.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::time::Duration;
-
-use keel_api::keelraftpb::raft_client::RaftClient;
-use keel_api::keelraftpb::raft_server::Raft;
-use keel_api::keelraftpb::{
-    self as pb, ClusterInfoRequest, ClusterInfoResponse, Envelope, SendResponse, SnapshotChunk,
-    SnapshotResponse,
-};
-use keel_raft::{ConfState, Entry, EntryKind, Message, MessageKind, Snapshot, SnapshotMetadata};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-
 use std::sync::{Arc, Weak};
 
 use keel_api::etcdserverpb::{
@@ -28,21 +18,27 @@ use keel_api::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, MemberPromoteRequest, MemberPromoteResponse,
     MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
+use keel_api::keelraftpb::raft_server::Raft;
+use keel_api::keelraftpb::{
+    self as pb, ClusterInfoRequest, ClusterInfoResponse, Envelope, SnapshotChunk, SnapshotResponse,
+};
+use keel_raft::{ConfState, Entry, EntryKind, Message, MessageKind, Snapshot, SnapshotMetadata};
 use keel_storage::mvcc::{Store, StoreSnapshot};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::lease::{time_to_live, Lessor};
+use crate::peer_stream::{self, Answer, Gate, Link, LinkConfig};
 use crate::replica::{Input, Shared};
 use crate::snapshot_transfer::{receive_snapshot, send_snapshot};
 use crate::Node;
 
-/// Messages queued for one peer before new ones are dropped.
-const MESSAGES_QUEUED_PER_PEER_MAX: usize = 4096;
-/// Messages sent in one envelope at most.
-const MESSAGES_PER_ENVELOPE_MAX: usize = 256;
-/// The status message a member answers a removed member's messages with.
+/// A batch's frame buffer is kept for the next batch up to this size.
+const FRAMES_BUFFER_KEPT_BYTES: usize = 1024 * 1024;
+
+/// The status message a member answers a removed member's calls with.
 const REMOVED_STATUS_MESSAGE: &str = "keel: the sending member has been removed from the cluster";
-/// Wait before reconnecting to a peer that failed.
-const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Raft streams received at once; more are refused (a member has one per peer).
+const RECEIVING_STREAMS_MAX: usize = 64;
 
 const KINDS: [MessageKind; 14] = [
     MessageKind::Propose,
@@ -161,6 +157,8 @@ pub struct PeerService {
     snap_dir: PathBuf,
     /// For the calls a node answers (cluster information, membership changes).
     node: Weak<Node>,
+    /// Raft streams being received (each has a thread).
+    receiving: Arc<AtomicUsize>,
 }
 
 impl PeerService {
@@ -184,34 +182,40 @@ impl PeerService {
             store,
             snap_dir,
             node,
+            receiving: Arc::default(),
         }
     }
 
     /// Refuses a peer of another cluster, or one that was removed from this one.
     fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
-        if cluster_id != self.cluster_id {
-            tracing::warn!(
-                from = format!("{from:x}"),
-                their_cluster = format!("{cluster_id:x}"),
-                our_cluster = format!("{:x}", self.cluster_id),
-                "refused Raft messages from a member of another cluster"
-            );
-            return Err(EtcdErrorStatus::cluster_mismatch());
+        match self.admit(cluster_id, from) {
+            Answer::Accepted => Ok(()),
+            Answer::OtherCluster => Err(keel_api::EtcdError::ClusterIdMismatch.into()),
+            Answer::Removed => Err(Status::failed_precondition(REMOVED_STATUS_MESSAGE)),
         }
-        if self
-            .shared
-            .removed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(&from)
-        {
-            tracing::info!(
-                from = format!("{from:x}"),
-                "refused Raft messages from a removed member"
-            );
-            return Err(Status::failed_precondition(REMOVED_STATUS_MESSAGE));
+    }
+
+    /// Receives a Raft stream (its first bytes were [`crate::peer_stream::MAGIC`]) on a thread
+    /// of its own.
+    pub fn receive_raft_stream(&self, socket: std::net::TcpStream) {
+        if self.receiving.fetch_add(1, Ordering::Relaxed) >= RECEIVING_STREAMS_MAX {
+            self.receiving.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(peer = ?socket.peer_addr().ok(), "refused a Raft stream: too many open");
+            return;
         }
-        Ok(())
+        let gate: Arc<dyn Gate> = Arc::new(self.clone());
+        let inbox = self.inbox.clone();
+        let receiving = Arc::clone(&self.receiving);
+        let spawned = std::thread::Builder::new()
+            .name("keel-peer-in".into())
+            .spawn(move || {
+                peer_stream::receive(socket, gate, inbox);
+                receiving.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(error) = spawned {
+            self.receiving.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(%error, "cannot start a thread for a peer's Raft stream");
+        }
     }
 
     fn node(&self) -> Result<Arc<Node>, Status> {
@@ -243,37 +247,6 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Raft for PeerService {
-    async fn send(
-        &self,
-        request: Request<Streaming<Envelope>>,
-    ) -> Result<Response<SendResponse>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(envelope) = stream.message().await? {
-            self.check_sender(envelope.cluster_id, envelope.from)?;
-            for message in envelope.messages.into_iter().filter_map(message_from_wire) {
-                // A snapshot with data comes only through InstallSnapshot, with its file.
-                if message
-                    .snapshot
-                    .as_ref()
-                    .is_some_and(|snapshot| snapshot.metadata.index > 1)
-                {
-                    tracing::warn!(
-                        from = format!("{:x}", message.from),
-                        "dropped a snapshot message sent without its data"
-                    );
-                    continue;
-                }
-                // A full inbox drops the message: Raft retries by protocol.
-                if let Err(std::sync::mpsc::TrySendError::Disconnected(_)) =
-                    self.inbox.try_send(Input::Step(message))
-                {
-                    return Err(Status::unavailable("etcdserver: server stopped"));
-                }
-            }
-        }
-        Ok(Response::new(SendResponse {}))
-    }
-
     async fn install_snapshot(
         &self,
         request: Request<Streaming<SnapshotChunk>>,
@@ -365,16 +338,36 @@ impl Raft for PeerService {
     }
 }
 
-struct EtcdErrorStatus;
-
-impl EtcdErrorStatus {
-    fn cluster_mismatch() -> Status {
-        keel_api::EtcdError::ClusterIdMismatch.into()
+impl Gate for PeerService {
+    fn admit(&self, cluster_id: u64, from: u64) -> Answer {
+        if cluster_id != self.cluster_id {
+            tracing::warn!(
+                from = format!("{from:x}"),
+                their_cluster = format!("{cluster_id:x}"),
+                our_cluster = format!("{:x}", self.cluster_id),
+                "refused Raft messages from a member of another cluster"
+            );
+            return Answer::OtherCluster;
+        }
+        if self
+            .shared
+            .removed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&from)
+        {
+            tracing::info!(
+                from = format!("{from:x}"),
+                "refused Raft messages from a removed member"
+            );
+            return Answer::Removed;
+        }
+        Answer::Accepted
     }
 }
 
-/// The sending side: one task and queue per peer. Peers come and go as membership changes
-/// apply ([`Transport::set_peers`]).
+/// The sending side: one [`Link`] per peer. Peers come and go as membership changes apply
+/// ([`Transport::set_peers`]).
 #[derive(Debug)]
 pub struct Transport {
     runtime: tokio::runtime::Handle,
@@ -382,17 +375,19 @@ pub struct Transport {
     own_id: u64,
     inbox: SyncSender<Input>,
     peers: HashMap<u64, Peer>,
+    /// Reused for every batch's frames.
+    frames: Vec<u8>,
 }
 
 #[derive(Debug)]
 struct Peer {
     urls: Vec<String>,
-    /// Dropping it ends the peer's sender task.
-    queue: mpsc::Sender<Message>,
+    /// None when its writer thread could not be started (the peer counts as unreachable).
+    link: Option<Link>,
 }
 
 impl Transport {
-    /// Starts a sender task for every peer (`id`, peer URLs). Needs a tokio runtime.
+    /// Starts a link to every peer (`id`, peer URLs). The runtime is for snapshot transfers.
     pub fn start(
         runtime: &tokio::runtime::Handle,
         cluster_id: u64,
@@ -406,12 +401,13 @@ impl Transport {
             own_id,
             inbox,
             peers: HashMap::new(),
+            frames: Vec::new(),
         };
         transport.set_peers(peers);
         transport
     }
 
-    /// Makes the peers exactly `peers`: starts tasks for new ones, ends those of peers that
+    /// Makes the peers exactly `peers`: starts links to new ones, closes those of peers that
     /// left, and restarts those whose URLs changed (MemberUpdate).
     pub fn set_peers(&mut self, peers: Vec<(u64, Vec<String>)>) {
         let own_id = self.own_id;
@@ -432,23 +428,21 @@ impl Transport {
             if self.peers.contains_key(&id) {
                 continue;
             }
-            let (sender, receiver) = mpsc::channel(MESSAGES_QUEUED_PER_PEER_MAX);
             tracing::info!(peer = format!("{id:x}"), ?urls, "sending to a peer");
-            self.runtime.spawn(run_peer(
-                self.cluster_id,
-                self.own_id,
-                id,
-                urls.clone(),
-                receiver,
-                self.inbox.clone(),
-            ));
-            self.peers.insert(
-                id,
-                Peer {
-                    urls,
-                    queue: sender,
-                },
-            );
+            let config = LinkConfig {
+                cluster_id: self.cluster_id,
+                own_id,
+                peer_id: id,
+                urls: urls.clone(),
+            };
+            let link = match Link::start(config, self.inbox.clone()) {
+                Ok(link) => Some(link),
+                Err(error) => {
+                    tracing::error!(peer = format!("{id:x}"), %error, "cannot start a thread for a peer");
+                    None
+                }
+            };
+            self.peers.insert(id, Peer { urls, link });
         }
     }
 
@@ -474,69 +468,33 @@ impl Transport {
         true
     }
 
-    /// Queues `message` for its peer; false when it was dropped (queue full or peer unknown).
-    pub fn send(&self, message: Message) -> bool {
-        match self.peers.get(&message.to) {
-            Some(peer) => peer.queue.try_send(message).is_ok(),
-            None => false,
-        }
-    }
-}
-
-async fn run_peer(
-    cluster_id: u64,
-    own_id: u64,
-    peer_id: u64,
-    urls: Vec<String>,
-    mut queue: mpsc::Receiver<Message>,
-    inbox: SyncSender<Input>,
-) {
-    let mut url_index = 0;
-    loop {
-        let url = urls[url_index % urls.len()].clone();
-        url_index += 1;
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
-            tracing::error!(%url, "invalid peer URL");
-            return;
-        };
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let mut client = RaftClient::new(channel).max_encoding_message_size(usize::MAX);
-        let (stream_sender, stream_receiver) = mpsc::channel::<Envelope>(16);
-        let call =
-            tokio::spawn(async move { client.send(ReceiverStream::new(stream_receiver)).await });
-        // Forward queued messages in envelopes until the stream breaks.
-        loop {
-            let Some(first) = queue.recv().await else {
-                return;
+    /// Sends `messages`, one envelope per peer in their order; returns the peers whose
+    /// messages were dropped (stream full or broken, or peer unknown).
+    pub fn send(&mut self, mut messages: Vec<Message>) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        // Usually one or two messages per peer: group them without reordering any peer's.
+        messages.sort_by_key(|message| message.to);
+        for group in messages.chunk_by(|a, b| a.to == b.to) {
+            let to = group[0].to;
+            let Some(link) = self.peers.get(&to).and_then(|peer| peer.link.as_ref()) else {
+                dropped.push(to);
+                continue;
             };
-            let mut messages = vec![message_to_wire(&first)];
-            while messages.len() < MESSAGES_PER_ENVELOPE_MAX {
-                match queue.try_recv() {
-                    Ok(message) => messages.push(message_to_wire(&message)),
-                    Err(_) => break,
-                }
-            }
             let envelope = Envelope {
-                cluster_id,
-                from: own_id,
-                messages,
+                cluster_id: self.cluster_id,
+                from: self.own_id,
+                messages: group.iter().map(message_to_wire).collect(),
             };
-            if stream_sender.send(envelope).await.is_err() {
-                break;
+            self.frames.clear();
+            peer_stream::encode_frame(&envelope, &mut self.frames);
+            if !link.send(&self.frames) {
+                dropped.push(to);
             }
         }
-        if let Ok(Err(status)) = call.await {
-            if status.message() == REMOVED_STATUS_MESSAGE {
-                // The peer has applied this member's removal; so will this member never (it
-                // no longer hears from the leader), so it stops now, as etcd's does.
-                let _ = inbox.try_send(Input::Removed);
-                return;
-            }
+        // A catch-up batch can be large; don't keep its buffer for heartbeats.
+        if self.frames.capacity() > FRAMES_BUFFER_KEPT_BYTES {
+            self.frames = Vec::new();
         }
-        let _ = inbox.try_send(Input::Unreachable(peer_id));
-        tokio::time::sleep(RECONNECT_DELAY).await;
+        dropped
     }
 }

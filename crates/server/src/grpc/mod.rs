@@ -111,17 +111,78 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(address).await
 }
 
-/// Serves the peer transport (Raft messages from the other members) until `shutdown`.
+/// Serves the peer port until `shutdown`: Raft streams ([`crate::peer_stream`]) each on a
+/// thread of their own, every other connection to the `keelraftpb.Raft` gRPC service.
 pub async fn serve_peers(
     service: crate::transport::PeerService,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let (grpc_connections, incoming) = tokio::sync::mpsc::channel(PEER_CONNECTIONS_QUEUED_MAX);
+    let sorter = tokio::spawn(sort_peer_connections(
+        listener,
+        service.clone(),
+        grpc_connections,
+    ));
+    let served = tonic::transport::Server::builder()
         .add_service(
             keel_api::keelraftpb::raft_server::RaftServer::new(service)
                 .max_decoding_message_size(usize::MAX),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(incoming),
+            shutdown,
+        )
+        .await;
+    sorter.abort();
+    served
+}
+
+/// Accepted peer connections waiting for the gRPC server.
+const PEER_CONNECTIONS_QUEUED_MAX: usize = 64;
+/// A connection that has not said what it is after this long is closed.
+const PEER_SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts peer connections and tells Raft streams from gRPC by their first bytes.
+async fn sort_peer_connections(
+    listener: tokio::net::TcpListener,
+    service: crate::transport::PeerService,
+    grpc_connections: tokio::sync::mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+) {
+    loop {
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(error) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!(%error, "cannot accept a peer connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Nagle's algorithm off, as for clients (see `incoming`).
+        let _ = socket.set_nodelay(true);
+        let service = service.clone();
+        let grpc_connections = grpc_connections.clone();
+        tokio::spawn(async move {
+            let sniffed = tokio::time::timeout(
+                PEER_SNIFF_TIMEOUT,
+                crate::peer_stream::is_raft_stream(&socket),
+            )
+            .await;
+            match sniffed {
+                Ok(Ok(true)) => match socket.into_std() {
+                    Ok(socket) => {
+                        if socket.set_nonblocking(false).is_ok() {
+                            service.receive_raft_stream(socket);
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot take over a peer's Raft stream"),
+                },
+                Ok(Ok(false)) => {
+                    let _ = grpc_connections.send(Ok(socket)).await;
+                }
+                Ok(Err(_)) | Err(_) => {}
+            }
+        });
+    }
 }

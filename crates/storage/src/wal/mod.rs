@@ -238,6 +238,7 @@ impl Wal {
         };
         let (header_bytes, chain_seed) = header.encode();
         let file = segment::create(dir, name, &header_bytes)?;
+        segment::preallocate(&file, options.segment_size_bytes_max);
         tracing::info!(dir = %dir.display(), "created WAL");
         Ok(Wal {
             dir: dir.to_owned(),
@@ -304,21 +305,35 @@ impl Wal {
             .open(&active_path)
             .map_err(WalError::io(&active_path))?;
         if let Some(torn_tail) = &verified.torn_tail {
-            tracing::warn!(
-                segment = %active_path.display(),
-                offset = verified.valid_bytes,
-                dropped_bytes = torn_tail.dropped_bytes,
-                reason = %torn_tail.reason,
-                "WAL ends in a torn write; truncating it"
-            );
+            if torn_tail.zeros {
+                // Most likely the preallocated rest of the segment (or a write that grew the
+                // file but never landed): nothing was lost either way.
+                tracing::debug!(
+                    segment = %active_path.display(),
+                    offset = verified.valid_bytes,
+                    zero_bytes = torn_tail.dropped_bytes,
+                    "WAL ends in zeros; truncating them"
+                );
+            } else {
+                tracing::warn!(
+                    segment = %active_path.display(),
+                    offset = verified.valid_bytes,
+                    dropped_bytes = torn_tail.dropped_bytes,
+                    reason = %torn_tail.reason,
+                    "WAL ends in a torn write; truncating it"
+                );
+            }
             active_file
                 .set_len(verified.valid_bytes)
                 .and_then(|()| active_file.sync_all())
                 .map_err(WalError::io(&active_path))?;
         }
         active_file
-            .seek(SeekFrom::End(0))
+            .seek(SeekFrom::Start(verified.valid_bytes))
             .map_err(WalError::io(&active_path))?;
+        if verified.valid_bytes < options.segment_size_bytes_max {
+            segment::preallocate(&active_file, options.segment_size_bytes_max);
+        }
         remove_temporary_files(dir, &listing.temporary_files)?;
 
         let wal = Wal {
@@ -520,7 +535,13 @@ impl Wal {
         if let Some(marker) = &self.snapshot {
             crc = format::encode_snapshot_marker(&mut contents, crc, marker);
         }
+        // The full segment ends at its last record before the next one exists (invariant 4).
+        let previous_path = self.active_path();
+        self.active_file
+            .finish(self.active_bytes)
+            .map_err(WalError::io(previous_path))?;
         let file = segment::create(&self.dir, name, &contents)?;
+        segment::preallocate(&file, self.options.segment_size_bytes_max);
         tracing::debug!(
             segment = %name.file_name(),
             previous_bytes = self.active_bytes,

@@ -13,8 +13,13 @@ use super::{Entry, HardState, Replay, SnapshotMarker, Wal, WalError, WalOptions}
 
 // ---- helpers ----------------------------------------------------------------------------------
 
+/// Segments of 4 MiB: every test's active segment is preallocated to its full size, and the
+/// tests that rewrite files byte by byte would spend their time on 64 MiB of zeros.
 fn options() -> WalOptions {
-    WalOptions::default()
+    WalOptions {
+        segment_size_bytes_max: 4 * 1024 * 1024,
+        ..WalOptions::default()
+    }
 }
 
 /// Small enough that a few entries fill a segment.
@@ -76,12 +81,13 @@ fn dir_contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .collect()
 }
 
-/// The (start, length) of every record in a segment file.
+/// The (start, length) of every record in a segment file (which ends in zeros where it was
+/// preallocated).
 fn record_extents(bytes: &[u8]) -> Vec<(usize, usize)> {
     let (_, mut crc) = SegmentHeader::decode(bytes).unwrap();
     let mut extents = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
-    while offset < bytes.len() {
+    while offset < bytes.len() && bytes[offset..].iter().any(|&byte| byte != 0) {
         let (_, record_bytes, crc_record) = format::decode_record(&bytes[offset..], crc).unwrap();
         extents.push((offset, record_bytes));
         offset += record_bytes;
@@ -148,6 +154,10 @@ impl SegmentFile for FaultyFile {
             Fault::Sync => Err(io::Error::other("injected fsync failure")),
         }
     }
+
+    fn finish(&mut self, bytes: u64) -> io::Result<()> {
+        self.inner.finish(bytes)
+    }
 }
 
 /// Holds the place of the active file while it is being wrapped.
@@ -159,6 +169,10 @@ impl SegmentFile for Detached {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        unreachable!("detached segment file")
+    }
+
+    fn finish(&mut self, _: u64) -> io::Result<()> {
         unreachable!("detached segment file")
     }
 }
@@ -529,18 +543,22 @@ fn torn_tail_at_every_byte_of_the_last_record_is_truncated_to_the_complete_recor
     let path = segment_paths(original.path()).remove(0);
     let bytes = std::fs::read(&path).unwrap();
     let &(last_start, last_bytes) = record_extents(&bytes).last().unwrap();
-    assert_eq!(last_start + last_bytes, bytes.len());
+    let end = last_start + last_bytes;
+    assert!(bytes[end..].iter().all(|&byte| byte == 0), "preallocated");
 
-    for cut in last_start..bytes.len() {
+    for cut in last_start..end {
         let dir = TempDir::new().unwrap();
         let torn_path = dir.path().join(path.file_name().unwrap());
         std::fs::write(&torn_path, &bytes[..cut]).unwrap();
 
         let (mut wal, replay) = open(dir.path(), options());
         assert_eq!(replay.entries, entries(1, 1..=3), "cut at {cut}");
-        assert_eq!(
-            std::fs::metadata(&torn_path).unwrap().len(),
-            last_start as u64
+        // The partial record is gone (the file is preallocated again after it).
+        let repaired = std::fs::read(&torn_path).unwrap();
+        assert_eq!(repaired[..last_start], bytes[..last_start], "cut at {cut}");
+        assert!(
+            repaired[last_start..].iter().all(|&byte| byte == 0),
+            "cut at {cut}"
         );
         assert_eq!(wal.last_index(), 3);
 
@@ -568,7 +586,56 @@ fn trailing_zeros_are_the_end_of_the_log() {
 
     let (_, replay) = open(dir.path(), options());
     assert_eq!(replay.entries, entries(1, 1..=4));
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), length_good as u64);
+    // Cut back to the records, then preallocated again to the segment size.
+    let reopened = std::fs::read(&path).unwrap();
+    assert_eq!(reopened.len() as u64, options().segment_size_bytes_max);
+    assert_eq!(reopened[..length_good], bytes[..length_good]);
+}
+
+/// Guards the cheaper fdatasync (see `segment::preallocate`): the segment being written is
+/// preallocated to its full size, reopening finds its records and appends after them, and a
+/// segment that is cut ends exactly at its last record, as older segments must.
+#[test]
+fn the_active_segment_is_preallocated_and_a_cut_one_ends_at_its_last_record() {
+    let dir = TempDir::new().unwrap();
+    let options = WalOptions {
+        segment_size_bytes_max: 64 * 1024,
+        ..options()
+    };
+    let big = |index: u64| Entry {
+        term: 1,
+        index,
+        data: vec![u8::try_from(index).unwrap() | 1; 8 * 1024],
+    };
+    let length = |path: &Path| std::fs::metadata(path).unwrap().len();
+    let mut wal = create(dir.path(), options.clone());
+    wal.append_entries(&[big(1), big(2)]).unwrap();
+    wal.sync().unwrap();
+    let first = segment_paths(dir.path()).remove(0);
+    assert_eq!(length(&first), 64 * 1024);
+    drop(wal);
+
+    let (mut wal, replay) = open(dir.path(), options.clone());
+    assert_eq!(replay.entries, vec![big(1), big(2)]);
+    assert_eq!(length(&first), 64 * 1024);
+    for index in 3..=20 {
+        wal.append_entries(&[big(index)]).unwrap();
+        wal.sync().unwrap();
+    }
+    drop(wal);
+    let paths = segment_paths(dir.path());
+    assert!(
+        paths.len() >= 2,
+        "20 entries of 8 KiB fill a 64 KiB segment"
+    );
+    for older in &paths[..paths.len() - 1] {
+        let bytes = std::fs::read(older).unwrap();
+        let &(start, record_bytes) = record_extents(&bytes).last().unwrap();
+        assert_eq!(start + record_bytes, bytes.len(), "{}", older.display());
+    }
+    assert_eq!(length(paths.last().unwrap()), 64 * 1024);
+    let (_, replay) = open(dir.path(), options);
+    assert_eq!(replay.entries, (1..=20).map(big).collect::<Vec<_>>());
 }
 
 /// Guards against a last record whose pages never reached the disk (zeros inside it) being
