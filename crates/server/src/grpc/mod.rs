@@ -28,8 +28,8 @@ pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{MaintenanceService, ETCD_COMPATIBLE_VERSION};
 pub use unimplemented::{not_yet, NotYet};
-pub use watch::WatchService;
 use watch::WatchServer;
+pub use watch::WatchService;
 
 use crate::auth::Auth;
 use crate::telemetry::GrpcTraceLayer;
