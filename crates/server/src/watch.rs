@@ -11,17 +11,25 @@
 //! Guarantees, as etcd's: events in revision order, never duplicated, all events of one
 //! revision in one response (unless the watcher asked for fragments); a watcher whose next
 //! revision was compacted is cancelled with `compact_revision` set.
+//!
+//! A change usually goes to many watchers at once, each owed its own response. The stream
+//! encodes the header and each distinct list of events once and shares the bytes between the
+//! responses ([`EncodedResponse`]), and hands its responses to the gRPC layer in batches, so
+//! one change costs one protobuf encoding, one queue hand-off and one HTTP/2 write per stream
+//! rather than one of each per watcher.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use keel_api::etcdserverpb::watch_create_request::FilterType;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
-use keel_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use keel_api::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use keel_api::mvccpb::{event::EventType, Event, KeyValue};
 use keel_storage::mvcc::{Change, ChangeKind, Changes, MvccError, RangeEnd, RangeOptions};
+use prost::encoding::{int64 as proto_int64, message as proto_message};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -33,8 +41,132 @@ use crate::Node;
 const CHANGES_PER_READ_MAX: usize = 1_000;
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
-/// Responses queued for a client before the stream waits for it to read.
-pub const RESPONSES_QUEUED_MAX: usize = 64;
+/// Responses handed to the gRPC layer at a time: the encoder takes every response that is
+/// ready, so a batch goes out as one buffer (one HTTP/2 write) rather than one per response.
+pub const RESPONSES_PER_BATCH_MAX: usize = 64;
+/// Batches queued for a client before the stream waits for it to read.
+pub const BATCHES_QUEUED_MAX: usize = 4;
+
+/// What a stream hands to the gRPC layer: a batch of responses, or the error ending it.
+pub type ResponseBatch = Result<Vec<EncodedResponse>, Status>;
+
+// Field numbers of `etcdserverpb.WatchResponse` (rpc.proto) that `EncodedResponse` writes.
+const HEADER_FIELD: u32 = 1;
+const WATCH_ID_FIELD: u32 = 2;
+const EVENTS_FIELD: u32 = 11;
+
+/// A `WatchResponse` already encoded as protobuf (without gRPC's message framing).
+///
+/// Event notifications keep their parts apart: the header and the events are encoded once per
+/// delivery and shared (reference-counted) by every watcher sent the same events; only the
+/// watcher id is written per response. The bytes are exactly what prost writes for the
+/// equivalent `WatchResponse` (fields in number order, zero values left out). Fragments, rare,
+/// are encoded whole.
+#[derive(Debug, Clone)]
+pub enum EncodedResponse {
+    /// Any response, encoded whole.
+    Whole(Bytes),
+    /// Events for one watcher, in one response.
+    Events {
+        /// Field 1, the header, with its tag and length.
+        header: Bytes,
+        watch_id: i64,
+        /// Field 11, every event with its tag and length.
+        events: Bytes,
+    },
+}
+
+impl EncodedResponse {
+    fn whole(response: &WatchResponse) -> EncodedResponse {
+        EncodedResponse::Whole(response.encode_to_vec().into())
+    }
+
+    /// The protobuf length of the response.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            EncodedResponse::Whole(bytes) => bytes.len(),
+            EncodedResponse::Events {
+                header,
+                watch_id,
+                events,
+            } => {
+                let watch_id_len = if *watch_id == 0 {
+                    0
+                } else {
+                    proto_int64::encoded_len(WATCH_ID_FIELD, watch_id)
+                };
+                header.len() + watch_id_len + events.len()
+            }
+        }
+    }
+
+    /// Writes the response's protobuf bytes into `buffer`.
+    pub fn encode(&self, buffer: &mut impl BufMut) {
+        match self {
+            EncodedResponse::Whole(bytes) => buffer.put_slice(bytes),
+            EncodedResponse::Events {
+                header,
+                watch_id,
+                events,
+            } => {
+                buffer.put_slice(header);
+                if *watch_id != 0 {
+                    proto_int64::encode(WATCH_ID_FIELD, watch_id, buffer);
+                }
+                buffer.put_slice(events);
+            }
+        }
+    }
+}
+
+/// Field 1 of a `WatchResponse`, shared by every response of one delivery.
+fn encode_header(header: &ResponseHeader) -> Bytes {
+    let mut bytes = BytesMut::with_capacity(proto_message::encoded_len(HEADER_FIELD, header));
+    proto_message::encode(HEADER_FIELD, header, &mut bytes);
+    bytes.freeze()
+}
+
+/// Events encoded for one delivery, shared by the watchers that are sent them.
+#[derive(Clone)]
+struct SharedEvents {
+    /// Field 11 for every event.
+    bytes: Bytes,
+    /// The events' own sizes summed, as the fragment limit counts them.
+    payload_bytes: usize,
+}
+
+/// The events encoded during one delivery, by which changes they hold (indices into the
+/// delivered changes) and whether they carry previous values; watchers on the same keys with
+/// the same options share one entry.
+#[derive(Default)]
+struct EncodedEvents {
+    by_selection: [HashMap<Vec<usize>, SharedEvents>; 2],
+}
+
+impl EncodedEvents {
+    fn get(&self, selection: &[usize], prev_kv: bool) -> Option<&SharedEvents> {
+        self.by_selection[usize::from(prev_kv)].get(selection)
+    }
+
+    fn insert(&mut self, selection: &[usize], prev_kv: bool, events: &[Event]) -> SharedEvents {
+        let payload_bytes = events.iter().map(Message::encoded_len).sum();
+        let mut bytes = BytesMut::with_capacity(
+            events
+                .iter()
+                .map(|event| proto_message::encoded_len(EVENTS_FIELD, event))
+                .sum(),
+        );
+        for event in events {
+            proto_message::encode(EVENTS_FIELD, event, &mut bytes);
+        }
+        let shared = SharedEvents {
+            bytes: bytes.freeze(),
+            payload_bytes,
+        };
+        self.by_selection[usize::from(prev_kv)].insert(selection.to_vec(), shared.clone());
+        shared
+    }
+}
 
 /// What the node publishes after each applied batch that changed the store: the new revision
 /// and, when small enough, the batch's changes, so that streams which are up to date don't each
@@ -98,7 +230,9 @@ struct WatchStream {
     config: WatchConfig,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
-    responses: mpsc::Sender<Result<WatchResponse, Status>>,
+    responses: mpsc::Sender<ResponseBatch>,
+    /// Responses not yet handed over (at most `RESPONSES_PER_BATCH_MAX`).
+    batch: Vec<EncodedResponse>,
     revisions: tokio::sync::watch::Receiver<Published>,
 }
 
@@ -107,7 +241,7 @@ pub async fn serve_stream(
     node: Arc<Node>,
     config: WatchConfig,
     mut requests: impl Stream<Item = Result<WatchRequest, Status>> + Unpin,
-    responses: mpsc::Sender<Result<WatchResponse, Status>>,
+    responses: mpsc::Sender<ResponseBatch>,
     permit: WatchPermit,
 ) {
     let revisions = node.subscribe_revisions();
@@ -120,12 +254,17 @@ pub async fn serve_stream(
         watchers: BTreeMap::new(),
         next_id: 0,
         responses,
+        batch: Vec::new(),
         revisions,
     };
     loop {
         let Ok(synced) = stream.deliver().await else {
             return;
         };
+        // Everything answered or delivered so far goes out before the stream waits again.
+        if stream.flush().await.is_err() {
+            return;
+        }
         tokio::select! {
             request = requests.next() => match request {
                 Some(Ok(request)) => {
@@ -153,12 +292,30 @@ pub async fn serve_stream(
 }
 
 impl WatchStream {
-    fn header(&self, revision: i64) -> Option<keel_api::etcdserverpb::ResponseHeader> {
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(self.node.header(revision))
     }
 
-    async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
-        self.responses.send(Ok(response)).await.map_err(|_| Gone)
+    /// Queues a response; it is handed over when the batch is full or the stream flushes.
+    async fn send(&mut self, response: WatchResponse) -> Result<(), Gone> {
+        self.push(EncodedResponse::whole(&response)).await
+    }
+
+    async fn push(&mut self, response: EncodedResponse) -> Result<(), Gone> {
+        self.batch.push(response);
+        if self.batch.len() >= RESPONSES_PER_BATCH_MAX {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the queued responses to the gRPC layer, waiting while the client's queue is full.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.responses.send(Ok(batch)).await.map_err(|_| Gone)
     }
 
     async fn handle(&mut self, request: WatchRequest, synced: i64) -> Result<(), Gone> {
@@ -280,6 +437,7 @@ impl WatchStream {
                     }
                     Err(error) => {
                         tracing::error!(%error, "watch could not read history");
+                        self.flush().await?;
                         let _ = self
                             .responses
                             .send(Err(Status::unavailable("etcdserver: server stopped")))
@@ -288,48 +446,78 @@ impl WatchStream {
                     }
                 },
             };
-            let ids: Vec<i64> = self.watchers.keys().copied().collect();
-            for id in ids {
-                let (events, fragment) = {
-                    let watcher = &self.watchers[&id];
-                    if watcher.next_revision > changes.through_revision {
-                        continue;
-                    }
-                    let events = self.events_for(watcher, &changes.changes);
-                    (events, watcher.fragment)
-                };
-                let watcher = self.watchers.get_mut(&id).expect("ids were just listed");
-                watcher.next_revision = changes.through_revision + 1;
-                if events.is_empty() {
-                    continue;
-                }
-                watcher.sent_since_tick = true;
-                // With tracing on, each notification is a span of its own (the change's writer
-                // is not known here): how many events, through which revision, how long.
-                let span = if crate::telemetry::enabled() {
-                    tracing::info_span!(
-                        target: "keel::watch",
-                        "watch.notify",
-                        watch.id = id,
-                        watch.events = events.len(),
-                        etcd.revision = changes.through_revision,
-                    )
-                } else {
-                    tracing::Span::none()
-                };
-                let responses = self.responses_for(id, changes.through_revision, events, fragment);
-                tracing::Instrument::instrument(
-                    async {
-                        for response in responses {
-                            self.send(response).await?;
-                        }
-                        Ok::<(), Gone>(())
-                    },
-                    span,
-                )
-                .await?;
-            }
+            self.notify(&changes).await?;
         }
+    }
+
+    /// Sends every watcher due `changes` the ones it watches.
+    async fn notify(&mut self, changes: &Changes) -> Result<(), Gone> {
+        let revision = changes.through_revision;
+        let header = encode_header(&self.node.header(revision));
+        let mut encoded = EncodedEvents::default();
+        let mut selection = Vec::new();
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let watcher = self.watchers.get_mut(&id).expect("ids were just listed");
+            if watcher.next_revision > revision {
+                continue;
+            }
+            selection.clear();
+            selection.extend(
+                changes
+                    .changes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, change)| {
+                        change.kv.mod_revision >= watcher.next_revision && watcher.matches(change)
+                    })
+                    .map(|(index, _)| index),
+            );
+            watcher.next_revision = revision + 1;
+            if selection.is_empty() {
+                continue;
+            }
+            watcher.sent_since_tick = true;
+            let (prev_kv, fragment) = (watcher.prev_kv, watcher.fragment);
+            let events = match encoded.get(&selection, prev_kv) {
+                Some(events) => events.clone(),
+                None => {
+                    let events = self.events(&changes.changes, &selection, prev_kv);
+                    encoded.insert(&selection, prev_kv, &events)
+                }
+            };
+            // With tracing on, each notification is a span of its own (the change's writer
+            // is not known here): how many events, through which revision, how long.
+            let span = if crate::telemetry::enabled() {
+                tracing::info_span!(
+                    target: "keel::watch",
+                    "watch.notify",
+                    watch.id = id,
+                    watch.events = selection.len(),
+                    etcd.revision = revision,
+                )
+            } else {
+                tracing::Span::none()
+            };
+            let send = async {
+                if fragment && events.payload_bytes > self.config.fragment_bytes_max {
+                    let events = self.events(&changes.changes, &selection, prev_kv);
+                    for response in self.fragments(id, revision, events) {
+                        self.send(response).await?;
+                    }
+                    Ok(())
+                } else {
+                    self.push(EncodedResponse::Events {
+                        header: header.clone(),
+                        watch_id: id,
+                        events: events.bytes,
+                    })
+                    .await
+                }
+            };
+            tracing::Instrument::instrument(send, span).await?;
+        }
+        Ok(())
     }
 
     /// The changes from `from` through `current` out of the node's last publication, when it
@@ -356,23 +544,24 @@ impl WatchStream {
         }))
     }
 
-    fn events_for(&self, watcher: &Watcher, changes: &[Change]) -> Vec<Event> {
-        changes
+    /// The events for the changes at `selection` (indices into `changes`).
+    fn events(&self, changes: &[Change], selection: &[usize], prev_kv: bool) -> Vec<Event> {
+        selection
             .iter()
-            .filter(|change| {
-                change.kv.mod_revision >= watcher.next_revision && watcher.matches(change)
-            })
-            .map(|change| Event {
-                r#type: match change.kind {
-                    ChangeKind::Put => EventType::Put,
-                    ChangeKind::Delete => EventType::Delete,
-                } as i32,
-                kv: Some(change.kv.clone()),
-                prev_kv: if watcher.prev_kv {
-                    self.previous(&change.kv)
-                } else {
-                    None
-                },
+            .map(|&index| {
+                let change = &changes[index];
+                Event {
+                    r#type: match change.kind {
+                        ChangeKind::Put => EventType::Put,
+                        ChangeKind::Delete => EventType::Delete,
+                    } as i32,
+                    kv: Some(change.kv.clone()),
+                    prev_kv: if prev_kv {
+                        self.previous(&change.kv)
+                    } else {
+                        None
+                    },
+                }
             })
             .collect()
     }
@@ -391,13 +580,10 @@ impl WatchStream {
         found.kvs.into_iter().next()
     }
 
-    fn responses_for(
-        &self,
-        id: i64,
-        revision: i64,
-        events: Vec<Event>,
-        fragment: bool,
-    ) -> Vec<WatchResponse> {
+    /// The responses carrying `events` to a watcher that allows fragments, each at most
+    /// `fragment_bytes_max` of events unless a single event is larger; all but the last are
+    /// marked as fragments.
+    fn fragments(&self, id: i64, revision: i64, events: Vec<Event>) -> Vec<WatchResponse> {
         let response = |events: Vec<Event>, fragment: bool| WatchResponse {
             header: self.header(revision),
             watch_id: id,
@@ -405,10 +591,6 @@ impl WatchStream {
             events,
             ..WatchResponse::default()
         };
-        let total: usize = events.iter().map(Message::encoded_len).sum();
-        if !fragment || total <= self.config.fragment_bytes_max {
-            return vec![response(events, false)];
-        }
         let mut responses = Vec::new();
         let mut part = Vec::new();
         let mut part_bytes = 0;
@@ -463,5 +645,79 @@ impl WatchStream {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &[u8], value: &[u8], revision: i64, prev_kv: bool) -> Event {
+        let kv = |value: &[u8], revision: i64| KeyValue {
+            key: key.to_vec(),
+            create_revision: 2,
+            mod_revision: revision,
+            version: revision - 1,
+            value: value.to_vec(),
+            lease: 0,
+        };
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv(value, revision)),
+            prev_kv: prev_kv.then(|| kv(b"before", revision - 1)),
+        }
+    }
+
+    /// The shared encoding is a shortcut, never a different message: a client must read
+    /// exactly the response prost would have written, whatever the id (zero is left out,
+    /// negative ids take ten bytes).
+    #[test]
+    fn encoded_events_are_the_bytes_prost_writes() {
+        let header = ResponseHeader {
+            cluster_id: 0x2998_7e05_67f2_fcdc,
+            member_id: 0x5298_aff1_176e_e5f7,
+            revision: 1_234_567,
+            raft_term: 3,
+        };
+        let events = vec![
+            event(b"key", &[b'v'; 300], 1_234_566, false),
+            event(b"other", b"", 1_234_567, true),
+        ];
+        let mut encoded = EncodedEvents::default();
+        let shared = encoded.insert(&[0, 1], false, &events);
+        assert!(encoded.get(&[0, 1], false).is_some());
+        assert!(encoded.get(&[0, 1], true).is_none());
+        assert_eq!(
+            shared.payload_bytes,
+            events.iter().map(Message::encoded_len).sum::<usize>()
+        );
+        for watch_id in [0, 1, 49, 300, i64::MAX, -1] {
+            let response = EncodedResponse::Events {
+                header: encode_header(&header),
+                watch_id,
+                events: shared.bytes.clone(),
+            };
+            let mut bytes = Vec::new();
+            response.encode(&mut bytes);
+            let expected = WatchResponse {
+                header: Some(header),
+                watch_id,
+                events: events.clone(),
+                ..WatchResponse::default()
+            };
+            assert_eq!(bytes, expected.encode_to_vec(), "watch id {watch_id}");
+            assert_eq!(response.encoded_len(), bytes.len());
+        }
+        let created = WatchResponse {
+            header: Some(header),
+            watch_id: 7,
+            created: true,
+            ..WatchResponse::default()
+        };
+        let whole = EncodedResponse::whole(&created);
+        let mut bytes = Vec::new();
+        whole.encode(&mut bytes);
+        assert_eq!(bytes, created.encode_to_vec());
+        assert_eq!(whole.encoded_len(), bytes.len());
     }
 }

@@ -18,7 +18,6 @@ use keel_api::etcdserverpb::cluster_server::ClusterServer;
 use keel_api::etcdserverpb::kv_server::KvServer;
 use keel_api::etcdserverpb::lease_server::LeaseServer;
 use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
-use keel_api::etcdserverpb::watch_server::WatchServer;
 use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use tonic::transport::server::TcpIncoming;
@@ -29,6 +28,7 @@ pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{MaintenanceService, ETCD_COMPATIBLE_VERSION};
 pub use unimplemented::{not_yet, NotYet};
+use watch::WatchServer;
 pub use watch::WatchService;
 
 use crate::auth::Auth;
