@@ -602,14 +602,19 @@ mod tests {
         // Accepts and answers the greeting, then reads nothing.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let (greeted, connected) = std::sync::mpsc::channel();
         let stalled = thread::spawn(move || {
             let (mut socket, _) = listener.accept().unwrap();
             let mut greeting = [0u8; 24];
             socket.read_exact(&mut greeting).unwrap();
             socket.write_all(&[Answer::Accepted as u8]).unwrap();
+            greeted.send(()).unwrap();
             thread::sleep(Duration::from_secs(3));
         });
         let (link, _events) = link(CLUSTER, &url);
+        // Connected first: a link dropped before its writer thread connects never connects
+        // (and this peer would wait for it forever).
+        connected.recv_timeout(WAIT).expect("the link connects");
         let batch = frame(0, 1 << 20);
         let mut accepted = 0usize;
         let mut dropped = 0usize;
