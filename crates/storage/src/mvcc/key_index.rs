@@ -205,8 +205,19 @@ impl<'a> RangeEnd<'a> {
 }
 
 impl TreeIndex {
-    pub fn put(&mut self, key: &[u8], revision: Revision) {
-        self.keys.entry(key.to_vec()).or_default().put(revision);
+    /// Records a put of `key` at `revision` and returns the key's state just before it (None
+    /// when it was not alive). One lookup, and no copy of a key the index already holds: this
+    /// is on every put's path.
+    pub fn put(&mut self, key: &[u8], revision: Revision) -> Option<KeyAt> {
+        if let Some(index) = self.keys.get_mut(key) {
+            let before = index.get(revision.main);
+            index.put(revision);
+            return before;
+        }
+        let mut index = KeyIndex::default();
+        index.put(revision);
+        self.keys.insert(key.to_vec(), index);
+        None
     }
 
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) {
@@ -293,6 +304,25 @@ mod tests {
         index.tombstone(rev(14));
         index.put(rev(16));
         index
+    }
+
+    #[test]
+    fn put_returns_the_state_before_it() {
+        let mut tree = TreeIndex::default();
+        assert_eq!(tree.put(b"k", rev(2)), None);
+        let before = tree.put(b"k", rev(3)).expect("alive");
+        assert_eq!(
+            (before.created, before.modified, before.version),
+            (rev(2), rev(2), 1)
+        );
+        tree.tombstone(b"k", rev(4));
+        assert_eq!(tree.put(b"k", rev(5)), None, "a deleted key starts over");
+        let before = tree.put(b"k", rev(6)).expect("alive");
+        assert_eq!(
+            (before.created, before.modified, before.version),
+            (rev(5), rev(5), 1)
+        );
+        assert_eq!(tree.get(b"k", 6).map(|now| now.version), Some(2));
     }
 
     #[test]

@@ -489,8 +489,8 @@ impl WriteTxn<'_> {
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, MvccError> {
         let main = self.begin_revision + 1;
         let revision = Revision::new(main, self.changes);
-        let (create_revision, version) = match self.state.index.get(key, main) {
-            Some(found) => (found.created.main, found.version + 1),
+        let (create_revision, version) = match self.state.index.put(key, revision) {
+            Some(before) => (before.created.main, before.version + 1),
             None => (main, 1),
         };
         let kv = KeyValue {
@@ -504,7 +504,6 @@ impl WriteTxn<'_> {
         self.pending
             .get_mut()
             .push(((revision.main, revision.sub), backend::encode_put(&kv)));
-        self.state.index.put(key, revision);
         self.changes += 1;
         Ok(main)
     }
