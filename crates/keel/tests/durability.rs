@@ -4,24 +4,14 @@
 //! Guards against: an acknowledged write lost in a crash; a crash leaving a member that can't
 //! start; corruption served as data; another program's data directory overwritten.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_client::{Client, GetOptions, PutOptions};
-
-/// Ports below the ephemeral range, spread by process id so parallel test binaries don't meet.
-fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 10_000 + (std::process::id() % 500) as u16 * 16;
-    loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 4000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+use support::{free_port, runtime};
 
 struct Keel {
     child: Option<Child>,
@@ -112,14 +102,6 @@ impl Drop for Keel {
             let _ = child.wait();
         }
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn wal_segments(data_dir: &Path) -> Vec<PathBuf> {

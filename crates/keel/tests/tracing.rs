@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use support::{free_port, Cluster, Keel};
+use support::{free_port, runtime, Cluster, Keel};
 
 /// How long exported spans may take to reach the collector (the members export every 100 ms).
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -145,14 +145,6 @@ impl Collector {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Members export every 100 ms instead of OpenTelemetry's 5 s, so tests wait little. Every test
