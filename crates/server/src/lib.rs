@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod busy_poll;
 pub mod data_dir;
 mod error;
 pub mod grpc;

@@ -22,6 +22,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use keel_api::keelraftpb::Envelope;
 use prost::Message as _;
 
+use crate::busy_poll::{poll_for, POLL_BEFORE_SLEEP};
 use crate::replica::Input;
 
 /// The first bytes of a Raft stream. An HTTP/2 connection starts with "PRI * HT".
@@ -396,7 +398,7 @@ fn receive_frames(socket: TcpStream, gate: &dyn Gate, inbox: &SyncSender<Input>)
         return Ok(());
     }
     socket.set_read_timeout(None)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, &socket);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, PollingReader(&socket));
     let mut frame = Vec::new();
     loop {
         let mut length = [0u8; 4];
@@ -442,6 +444,40 @@ fn receive_frames(socket: TcpStream, gate: &dyn Gate, inbox: &SyncSender<Input>)
             if let Err(TrySendError::Disconnected(_)) = inbox.try_send(Input::Step(message)) {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Reads a connection, polling it for a while before blocking on it (see
+/// [`crate::busy_poll`]). `BufReader` reads only when its buffer is empty, so this polls only
+/// between batches.
+struct PollingReader<'a>(&'a TcpStream);
+
+impl Read for PollingReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let polled = poll_for(POLL_BEFORE_SLEEP, || {
+            // SAFETY: `buffer` is valid for writes of its length; MSG_DONTWAIT makes this one
+            // call non-blocking without changing the socket's mode.
+            let read = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if let Ok(read) = usize::try_from(read) {
+                return Some(Ok(read));
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                _ => Some(Err(error)),
+            }
+        });
+        match polled {
+            Some(result) => result,
+            None => (&*self.0).read(buffer),
         }
     }
 }

@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,6 +32,7 @@ use keel_storage::wal::{self, SnapshotMarker, Wal};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{apply, apply_in, batchable, Response};
+use crate::busy_poll::{poll_for, POLL_BEFORE_SLEEP};
 use crate::data_dir::MemberInfo;
 use crate::lease::Lessor;
 use crate::membership::{self, Membership, REMOVED_MESSAGE};
@@ -61,6 +62,20 @@ const RECENT_CHANGES_MAX: usize = 16_384;
 
 pub type Responder = oneshot::Sender<Result<Response, ServerError>>;
 pub type ReadResponder = oneshot::Sender<Result<u64, ServerError>>;
+
+/// The next input within `wait`: polled for first (see [`crate::busy_poll`]), then waited for.
+fn next_input(inbox: &Receiver<Input>, wait: Duration) -> Result<Input, RecvTimeoutError> {
+    let started = Instant::now();
+    let polled = poll_for(POLL_BEFORE_SLEEP.min(wait), || match inbox.try_recv() {
+        Ok(input) => Some(Ok(input)),
+        Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+        Err(TryRecvError::Empty) => None,
+    });
+    match polled {
+        Some(result) => result,
+        None => inbox.recv_timeout(wait.saturating_sub(started.elapsed())),
+    }
+}
 
 /// What the replica thread is asked to do.
 pub enum Input {
@@ -275,7 +290,7 @@ impl Replica {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut stop = false;
-            match inbox.recv_timeout(wait) {
+            match next_input(&inbox, wait) {
                 Ok(input) => {
                     stop |= self.handle(input);
                     for _ in 0..INPUTS_PER_ROUND_MAX {
