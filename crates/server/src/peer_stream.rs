@@ -218,6 +218,20 @@ fn send_now(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     socket2::SockRef::from(socket).send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
+/// Reads without blocking; the socket itself stays blocking for the receiving thread.
+fn recv_now(socket: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buffer` is valid for writes of its length.
+    let read = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(read).map_err(|_| io::Error::last_os_error())
+}
+
 fn write_loop(link: &LinkInner, config: &LinkConfig, inbox: &SyncSender<Input>) {
     let mut url_index = 0;
     loop {
@@ -455,25 +469,16 @@ struct PollingReader<'a>(&'a TcpStream);
 
 impl Read for PollingReader<'_> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let polled = poll_for(POLL_BEFORE_SLEEP, || {
-            // SAFETY: `buffer` is valid for writes of its length; MSG_DONTWAIT makes this one
-            // call non-blocking without changing the socket's mode.
-            let read = unsafe {
-                libc::recv(
-                    self.0.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if let Ok(read) = usize::try_from(read) {
-                return Some(Ok(read));
+        let polled = poll_for(POLL_BEFORE_SLEEP, || match recv_now(self.0, buffer) {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                None
             }
-            let error = io::Error::last_os_error();
-            match error.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
-                _ => Some(Err(error)),
-            }
+            result => Some(result),
         });
         match polled {
             Some(result) => result,
