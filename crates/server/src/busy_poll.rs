@@ -6,25 +6,129 @@
 //! microseconds. A thread that went to sleep in between costs 35–55 µs to wake on this kind of
 //! virtual machine, more when its vCPU halted, and a put crosses four such hand-offs between
 //! these threads. So they poll for up to [`POLL_BEFORE_SLEEP`] before they block, yielding the
-//! CPU between polls, and stop polling as soon as a yield shows that another thread wanted the
-//! CPU: polling only uses time the CPU would otherwise idle away. A/B (BENCHMARKS.md): a single
-//! client's put p50 0.88 → 0.57 ms; 64 clients unchanged within the noise. Polling without the
-//! contention check raised the 64-client put p99 by a fifth to a third (threads spinning on two
-//! cores under load).
+//! CPU between polls.
+//!
+//! How hard they poll depends on the load ([`Load`]). While the write path is lightly loaded
+//! all of them poll, giving up only when a yield shows a thread with real work had the CPU.
+//! Under load the peer readers do not poll at all and the replica thread gives up at the first
+//! sign of contention: the next input comes soon anyway, and a spinning thread takes the CPU
+//! from threads with work to do; the replica thread keeps polling because every proposal and
+//! acknowledgement is handed to it, and a hand-off to a thread that is awake costs its sender
+//! less. A/B (BENCHMARKS.md, fifth session), 3-member clusters on two cores, 4 rounds: against
+//! polling always (all threads, the strict check), a single client's put p50 0.48–0.53 →
+//! 0.44–0.46 ms and the 64-client put p99 8.8–9.8 → 7.4–8.1 ms at the same throughput. Not
+//! polling under load at all gave the same p99 but 3–5 % fewer puts per second; not polling at
+//! all, a single client's p50 of ~0.73 ms.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a write-path thread polls for its next input before blocking on it.
 pub const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(300);
 
-/// A yield that takes longer than this means another thread wanted the CPU.
-const CONTENDED_YIELD: Duration = Duration::from_micros(30);
+/// The write path counts as busy while the replica thread appends more log entries than this
+/// in a [`LOAD_WINDOW`] (4,000 entries/s). A single client's puts append ~2,000/s on the
+/// benchmark machine; 64 clients' ~17,000/s.
+pub const BUSY_ENTRIES_PER_WINDOW: u64 = 40;
+
+/// How long the rate of appended entries is counted over before deciding again.
+pub const LOAD_WINDOW: Duration = Duration::from_millis(10);
+
+/// While the load is light, a yield that takes longer than this means a thread with real work
+/// had the CPU (polling threads yield to each other within a few microseconds).
+const CONTENDED_YIELD_LIGHT: Duration = Duration::from_micros(200);
+
+/// Under load, the replica thread stops polling after a yield this long.
+const CONTENDED_YIELD_BUSY: Duration = Duration::from_micros(30);
+
+/// Whether this member's write path is lightly loaded, so that its threads should poll before
+/// they sleep. Written by the replica thread ([`LoadMeter`]), read by every polling thread.
+#[derive(Debug)]
+pub struct Load {
+    light: AtomicBool,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            light: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Load {
+    /// Whether polling pays now.
+    pub fn is_light(&self) -> bool {
+        self.light.load(Ordering::Relaxed)
+    }
+
+    /// For the peer readers: polls `attempt` (see [`poll_for`]) while the load is light;
+    /// otherwise tries it once.
+    pub fn poll<T>(&self, limit: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+        if self.is_light() {
+            poll_for(limit, CONTENDED_YIELD_LIGHT, attempt)
+        } else {
+            attempt()
+        }
+    }
+
+    /// For the replica thread: polls `attempt`, under load only until the first sign of
+    /// contention.
+    pub fn poll_replica<T>(
+        &self,
+        limit: Duration,
+        attempt: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let contended_yield = if self.is_light() {
+            CONTENDED_YIELD_LIGHT
+        } else {
+            CONTENDED_YIELD_BUSY
+        };
+        poll_for(limit, contended_yield, attempt)
+    }
+}
+
+/// Counts the log entries the replica thread appends and decides, once per [`LOAD_WINDOW`],
+/// whether the write path is busy. A window is closed by the first append (or call with none)
+/// after it ended, so a member that went quiet counts as lightly loaded again from its next
+/// input on.
+#[derive(Debug)]
+pub struct LoadMeter {
+    window_started: Instant,
+    entries: u64,
+}
+
+impl LoadMeter {
+    pub fn new(now: Instant) -> LoadMeter {
+        LoadMeter {
+            window_started: now,
+            entries: 0,
+        }
+    }
+
+    /// `entries` were appended at `now`; publishes the verdict into `load` when a window ends.
+    pub fn appended(&mut self, entries: usize, now: Instant, load: &Load) {
+        self.entries += entries as u64;
+        let elapsed = now.saturating_duration_since(self.window_started);
+        if elapsed < LOAD_WINDOW {
+            return;
+        }
+        // A window that ended long ago says nothing about now: count it as quiet.
+        let busy = elapsed < LOAD_WINDOW * 2 && self.entries > BUSY_ENTRIES_PER_WINDOW;
+        load.light.store(!busy, Ordering::Relaxed);
+        self.window_started = now;
+        self.entries = 0;
+    }
+}
 
 /// Calls `attempt` until it gives a value or `limit` has passed since the first call, yielding
-/// the CPU between calls. Gives up early once a yield shows that other threads want the CPU:
-/// polling helps only while the CPU would otherwise idle. `None` when it gave up; `attempt` is
-/// called at least once.
-pub fn poll_for<T>(limit: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+/// the CPU between calls. Gives up early once a yield takes `contended_yield` or longer (another
+/// thread had work for the CPU). `None` when it gave up; `attempt` is called at least once.
+pub fn poll_for<T>(
+    limit: Duration,
+    contended_yield: Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let started = Instant::now();
     loop {
         if let Some(value) = attempt() {
@@ -35,7 +139,7 @@ pub fn poll_for<T>(limit: Duration, mut attempt: impl FnMut() -> Option<T>) -> O
             return None;
         }
         std::thread::yield_now();
-        if before_yield.elapsed() >= CONTENDED_YIELD {
+        if before_yield.elapsed() >= contended_yield {
             return attempt();
         }
     }
@@ -48,7 +152,7 @@ mod tests {
     #[test]
     fn a_value_that_comes_while_polling_is_taken() {
         let mut calls = 0;
-        let value = poll_for(Duration::from_secs(10), || {
+        let value = poll_for(Duration::from_secs(10), CONTENDED_YIELD_LIGHT, || {
             calls += 1;
             (calls == 3).then_some(calls)
         });
@@ -60,7 +164,7 @@ mod tests {
         // It gives up at the limit or earlier, when other threads want the CPU (as other tests
         // may, running in parallel).
         let mut calls = 0;
-        let value: Option<()> = poll_for(Duration::from_millis(2), || {
+        let value: Option<()> = poll_for(Duration::from_millis(2), CONTENDED_YIELD_BUSY, || {
             calls += 1;
             None
         });
@@ -68,10 +172,44 @@ mod tests {
         assert!(calls >= 1);
 
         let mut calls = 0;
-        let value: Option<()> = poll_for(Duration::ZERO, || {
+        let value: Option<()> = poll_for(Duration::ZERO, CONTENDED_YIELD_BUSY, || {
             calls += 1;
             None
         });
         assert_eq!((value, calls), (None, 1));
+    }
+
+    #[test]
+    fn a_busy_write_path_does_not_poll() {
+        let load = Load::default();
+        let start = Instant::now();
+        let mut meter = LoadMeter::new(start);
+        assert!(load.is_light());
+        // A window with more entries than the limit: busy.
+        for at in 0..10 {
+            meter.appended(5, start + Duration::from_millis(at), &load);
+        }
+        assert!(load.is_light(), "decided only when the window ends");
+        meter.appended(5, start + LOAD_WINDOW, &load);
+        assert!(!load.is_light());
+        let mut calls = 0;
+        let value: Option<()> = load.poll(Duration::from_secs(10), || {
+            calls += 1;
+            None
+        });
+        assert_eq!((value, calls), (None, 1), "tried once, not polled");
+        // A quiet window: light again.
+        let quiet_end = start + LOAD_WINDOW * 2 + Duration::from_millis(1);
+        meter.appended(1, quiet_end, &load);
+        assert!(load.is_light());
+        // Busy again, then nothing for a long while: the next append finds it light.
+        for at in 0..=10 {
+            meter.appended(10, quiet_end + Duration::from_millis(at), &load);
+        }
+        assert!(!load.is_light());
+        meter.appended(0, start + Duration::from_secs(5), &load);
+        assert!(load.is_light());
+        let value = load.poll(Duration::from_secs(10), || Some(7));
+        assert_eq!(value, Some(7));
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use keel_api::keelraftpb::Envelope;
 use prost::Message as _;
 
-use crate::busy_poll::{poll_for, POLL_BEFORE_SLEEP};
+use crate::busy_poll::{Load, POLL_BEFORE_SLEEP};
 use crate::replica::Input;
 
 /// The first bytes of a Raft stream. An HTTP/2 connection starts with "PRI * HT".
@@ -386,14 +386,20 @@ fn connect(url: &str, config: &LinkConfig) -> Result<TcpStream, ConnectError> {
 /// The receiving end of one connection, on a thread of its own: answers the greeting, then
 /// hands every message to the replica thread until the connection ends. Nothing of `socket`
 /// has been read yet (its [`MAGIC`] was only peeked at).
-pub fn receive(socket: TcpStream, gate: Arc<dyn Gate>, inbox: SyncSender<Input>) {
+/// `load` says whether to poll the connection before blocking on it.
+pub fn receive(socket: TcpStream, gate: Arc<dyn Gate>, inbox: SyncSender<Input>, load: Arc<Load>) {
     let peer = socket.peer_addr().ok();
-    if let Err(error) = receive_frames(socket, &*gate, &inbox) {
+    if let Err(error) = receive_frames(socket, &*gate, &inbox, &load) {
         tracing::debug!(?peer, %error, "a peer's Raft stream ended");
     }
 }
 
-fn receive_frames(socket: TcpStream, gate: &dyn Gate, inbox: &SyncSender<Input>) -> io::Result<()> {
+fn receive_frames(
+    socket: TcpStream,
+    gate: &dyn Gate,
+    inbox: &SyncSender<Input>,
+    load: &Load,
+) -> io::Result<()> {
     socket.set_nodelay(true)?;
     socket.set_read_timeout(Some(GREETING_TIMEOUT))?;
     let mut greeting = [0u8; 24];
@@ -412,7 +418,7 @@ fn receive_frames(socket: TcpStream, gate: &dyn Gate, inbox: &SyncSender<Input>)
         return Ok(());
     }
     socket.set_read_timeout(None)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, PollingReader(&socket));
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, PollingReader(&socket, load));
     let mut frame = Vec::new();
     loop {
         let mut length = [0u8; 4];
@@ -462,24 +468,26 @@ fn receive_frames(socket: TcpStream, gate: &dyn Gate, inbox: &SyncSender<Input>)
     }
 }
 
-/// Reads a connection, polling it for a while before blocking on it (see
-/// [`crate::busy_poll`]). `BufReader` reads only when its buffer is empty, so this polls only
-/// between batches.
-struct PollingReader<'a>(&'a TcpStream);
+/// Reads a connection, polling it for a while before blocking on it while the load is light
+/// (see [`crate::busy_poll`]). `BufReader` reads only when its buffer is empty, so this polls
+/// only between batches.
+struct PollingReader<'a>(&'a TcpStream, &'a Load);
 
 impl Read for PollingReader<'_> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let polled = poll_for(POLL_BEFORE_SLEEP, || match recv_now(self.0, buffer) {
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                None
-            }
-            result => Some(result),
-        });
+        let polled = self
+            .1
+            .poll(POLL_BEFORE_SLEEP, || match recv_now(self.0, buffer) {
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    None
+                }
+                result => Some(result),
+            });
         match polled {
             Some(result) => result,
             None => (&*self.0).read(buffer),
@@ -528,7 +536,7 @@ mod tests {
         thread::spawn(move || {
             for socket in listener.incoming() {
                 let (gate, inbox) = (Arc::clone(&gate) as Arc<dyn Gate>, inbox.clone());
-                thread::spawn(move || receive(socket.unwrap(), gate, inbox));
+                thread::spawn(move || receive(socket.unwrap(), gate, inbox, Arc::default()));
             }
         });
         (url, messages)

@@ -32,7 +32,7 @@ use keel_storage::wal::{self, SnapshotMarker, Wal};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{apply, apply_in, batchable, Response};
-use crate::busy_poll::{poll_for, POLL_BEFORE_SLEEP};
+use crate::busy_poll::{Load, LoadMeter, POLL_BEFORE_SLEEP};
 use crate::data_dir::MemberInfo;
 use crate::lease::Lessor;
 use crate::membership::{self, Membership, REMOVED_MESSAGE};
@@ -64,9 +64,13 @@ pub type Responder = oneshot::Sender<Result<Response, ServerError>>;
 pub type ReadResponder = oneshot::Sender<Result<u64, ServerError>>;
 
 /// The next input within `wait`: polled for first (see [`crate::busy_poll`]), then waited for.
-fn next_input(inbox: &Receiver<Input>, wait: Duration) -> Result<Input, RecvTimeoutError> {
+fn next_input(
+    inbox: &Receiver<Input>,
+    wait: Duration,
+    load: &Load,
+) -> Result<Input, RecvTimeoutError> {
     let started = Instant::now();
-    let polled = poll_for(POLL_BEFORE_SLEEP.min(wait), || match inbox.try_recv() {
+    let polled = load.poll_replica(POLL_BEFORE_SLEEP.min(wait), || match inbox.try_recv() {
         Ok(input) => Some(Ok(input)),
         Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
         Err(TryRecvError::Empty) => None,
@@ -143,6 +147,8 @@ pub struct Shared {
     pub sole_voter: AtomicBool,
     /// Members removed from the cluster: their Raft messages are refused.
     pub removed: Mutex<HashSet<u64>>,
+    /// Whether the write path is lightly loaded (its threads poll before sleeping).
+    pub load: Arc<Load>,
 }
 
 /// How the replica thread ended without a failure.
@@ -225,6 +231,8 @@ pub struct Replica {
     durable_index: u64,
     /// Spans for traced entries and reads; None while tracing is off.
     spans: Option<RaftSpans>,
+    /// Decides from the rate of appended entries whether the write path polls.
+    load_meter: LoadMeter,
 }
 
 impl Replica {
@@ -278,6 +286,7 @@ impl Replica {
             durable_term_vote,
             durable_index,
             spans: RaftSpans::new(own_id),
+            load_meter: LoadMeter::new(Instant::now()),
         }
     }
 
@@ -290,7 +299,7 @@ impl Replica {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut stop = false;
-            match next_input(&inbox, wait) {
+            match next_input(&inbox, wait, &self.shared.load) {
                 Ok(input) => {
                     stop |= self.handle(input);
                     for _ in 0..INPUTS_PER_ROUND_MAX {
@@ -464,8 +473,10 @@ impl Replica {
     }
 
     fn process_ready(&mut self) -> Result<(), String> {
+        let mut appended = 0;
         while self.raw_node.has_ready() {
             let ready = self.raw_node.ready();
+            appended += ready.entries.len();
             if let Some(soft_state) = &ready.soft_state {
                 self.leadership(soft_state.leader.unwrap_or(0), soft_state.role);
             }
@@ -569,6 +580,8 @@ impl Replica {
             self.raw_node.advance();
             self.maybe_compact()?;
         }
+        self.load_meter
+            .appended(appended, Instant::now(), &self.shared.load);
         Ok(())
     }
 

@@ -206,10 +206,11 @@ impl PeerService {
         let gate: Arc<dyn Gate> = Arc::new(self.clone());
         let inbox = self.inbox.clone();
         let receiving = Arc::clone(&self.receiving);
+        let load = Arc::clone(&self.shared.load);
         let spawned = std::thread::Builder::new()
             .name("keel-peer-in".into())
             .spawn(move || {
-                peer_stream::receive(socket, gate, inbox);
+                peer_stream::receive(socket, gate, inbox, load);
                 receiving.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(error) = spawned {
