@@ -220,6 +220,12 @@ pub struct Replica {
     ready_reads: Vec<(u64, u64)>,
     parked: VecDeque<(Instant, Input)>,
     applied_since_durable: u64,
+    /// Entries to apply before the next durable store sync: `durable_every_entries`, except
+    /// the first time, when a share that depends on the member id is taken off, so that the
+    /// members of a cluster (which apply the same entries) do not all sync at once. A sync
+    /// stalls its member for several milliseconds (16–20 ms for a single client's puts, A/B
+    /// in BENCHMARKS.md); staggered, a follower's stall is hidden by the other follower.
+    durable_after_entries: u64,
     /// Bytes of log entries applied since then.
     applied_bytes_since_durable: u64,
     leader: u64,
@@ -280,6 +286,7 @@ impl Replica {
             ready_reads: Vec::new(),
             parked: VecDeque::new(),
             applied_since_durable: 0,
+            durable_after_entries: durable_every_entries - own_id % durable_every_entries.max(1),
             applied_bytes_since_durable: 0,
             leader: 0,
             removed: false,
@@ -959,7 +966,7 @@ impl Replica {
     /// Makes the store durable every so often, then drops the log it no longer needs (keeping
     /// some for members that fall behind).
     fn maybe_compact(&mut self) -> Result<(), String> {
-        if self.applied_since_durable < self.durable_every_entries
+        if self.applied_since_durable < self.durable_after_entries
             && self.applied_bytes_since_durable < DURABLE_EVERY_BYTES
         {
             return Ok(());
@@ -975,6 +982,7 @@ impl Replica {
             .max(1);
         self.applied_since_durable = 0;
         self.applied_bytes_since_durable = 0;
+        self.durable_after_entries = self.durable_every_entries;
         self.store
             .sync()
             .map_err(|error| format!("store: {error}"))?;
