@@ -46,6 +46,14 @@ mod members;
 use members::join_identity;
 pub use members::{member_id, parse_peer_urls};
 
+/// The store is made durable at least this often (in applied entries), whatever
+/// `--snapshot-count` says: a durable commit stalls the replica thread for as long as it takes
+/// to write what accumulated since the last one. A/B (BENCHMARKS.md, fifth session), 64
+/// clients: every 5,000 entries against every 10,000, put p99 8.1–8.4 against 8.7–9.7 ms and
+/// p99.9 10.4–12.3 against 11.8–18.2 ms at the same throughput; every 2,000 had about the same
+/// p99 and fewer puts per second in two rounds of three.
+const DURABLE_EVERY_ENTRIES_MAX: u64 = 5_000;
+
 /// Inputs (proposals, reads, peer messages) waiting for the replica thread; when full,
 /// clients get etcd's "too many requests".
 const INBOX_MAX: usize = 16_384;
@@ -421,7 +429,7 @@ impl Node {
             revision_sender,
             identity.initial_members.clone(),
             Duration::from_millis(heartbeat_ms),
-            config.snapshot_count.clamp(1, 10_000),
+            config.snapshot_count.clamp(1, DURABLE_EVERY_ENTRIES_MAX),
             config.snapshot_catch_up_entries,
             election_timeout * 3,
             snap_dir.clone(),
