@@ -385,8 +385,8 @@ fn connect(url: &str, config: &LinkConfig) -> Result<TcpStream, ConnectError> {
 
 /// The receiving end of one connection, on a thread of its own: answers the greeting, then
 /// hands every message to the replica thread until the connection ends. Nothing of `socket`
-/// has been read yet (its [`MAGIC`] was only peeked at).
-/// `load` says whether to poll the connection before blocking on it.
+/// has been read yet (its [`MAGIC`] was only peeked at). `load` says whether to poll the
+/// connection before blocking on it.
 pub fn receive(socket: TcpStream, gate: Arc<dyn Gate>, inbox: SyncSender<Input>, load: Arc<Load>) {
     let peer = socket.peer_addr().ok();
     if let Err(error) = receive_frames(socket, &*gate, &inbox, &load) {
