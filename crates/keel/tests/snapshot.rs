@@ -122,12 +122,19 @@ fn signal(cluster: &Cluster, index: usize, signal: &str) {
         .success());
 }
 
+/// Keys `write_past_the_log` puts, one entry each. The leader stops sending to a follower that
+/// does not answer after 256 messages in flight (one per put here, kept in the stopped
+/// follower's socket buffer); what is written after those must reach past the leader's last
+/// log release, which comes every 50 applied entries at a phase that depends on the member id:
+/// 256 + 2 × 50 + 10 < 400.
+const KEYS_WRITTEN: usize = 400;
+
 /// Writes that move the log well past what the leader keeps, with every kind of state a
 /// snapshot must carry: keys, deletions, history, a compaction, a lease with keys, auth users.
 async fn write_past_the_log(endpoint: &str, round: usize) -> i64 {
     let mut client = connect(endpoint).await;
     let lease = client.lease_grant(600, 0).await.unwrap();
-    for i in 0..300 {
+    for i in 0..KEYS_WRITTEN {
         let options = if i % 10 == 0 {
             PutOptions::new().with_lease(lease.id)
         } else {
@@ -139,7 +146,10 @@ async fn write_past_the_log(endpoint: &str, round: usize) -> i64 {
             .unwrap();
     }
     client
-        .delete(format!("k/{round}/299"), Default::default())
+        .delete(
+            format!("k/{round}/{:03}", KEYS_WRITTEN - 1),
+            Default::default(),
+        )
         .await
         .unwrap();
     let revision = client
@@ -216,7 +226,8 @@ fn follower_catches_up(size: usize) {
             &["get", "k/0/000", "--consistency=s", "--print-value-only"],
         );
         assert_eq!(now.stdout.trim(), "again");
-        let deleted = etcdctl(&endpoint, &["get", "k/0/299", "--consistency=s"]);
+        let last = format!("k/0/{:03}", KEYS_WRITTEN - 1);
+        let deleted = etcdctl(&endpoint, &["get", &last, "--consistency=s"]);
         assert_eq!(deleted.stdout, "");
         let count = etcdctl(
             &endpoint,
@@ -231,7 +242,8 @@ fn follower_catches_up(size: usize) {
                 "json",
             ],
         );
-        assert!(count.stdout.contains("\"count\":299"), "{count:?}");
+        let expected = format!("\"count\":{}", KEYS_WRITTEN - 1);
+        assert!(count.stdout.contains(&expected), "{count:?}");
         let users = etcdctl_until_ok(&endpoint, &["user", "list"]);
         assert_eq!(
             users.split_whitespace().collect::<Vec<_>>(),
