@@ -29,10 +29,10 @@ pub const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(300);
 /// The write path counts as busy while the replica thread appends more log entries than this
 /// in a [`LOAD_WINDOW`] (4,000 entries/s). A single client's puts append ~2,000/s on the
 /// benchmark machine; 64 clients' ~17,000/s.
-pub const BUSY_ENTRIES_PER_WINDOW: u64 = 40;
+const BUSY_ENTRIES_PER_WINDOW: u64 = 40;
 
 /// How long the rate of appended entries is counted over before deciding again.
-pub const LOAD_WINDOW: Duration = Duration::from_millis(10);
+const LOAD_WINDOW: Duration = Duration::from_millis(10);
 
 /// While the load is light, a yield that takes longer than this means a thread with real work
 /// had the CPU (polling threads yield to each other within a few microseconds).

@@ -220,14 +220,14 @@ pub struct Replica {
     ready_reads: Vec<(u64, u64)>,
     parked: VecDeque<(Instant, Input)>,
     applied_since_durable: u64,
+    /// Bytes of log entries applied since then.
+    applied_bytes_since_durable: u64,
     /// Entries to apply before the next durable store sync: `durable_every_entries`, except
     /// the first time, when a share that depends on the member id is taken off, so that the
     /// members of a cluster (which apply the same entries) do not all sync at once. A sync
-    /// stalls its member for several milliseconds (16–20 ms for a single client's puts, A/B
-    /// in BENCHMARKS.md); staggered, a follower's stall is hidden by the other follower.
+    /// stalls its member for milliseconds (BENCHMARKS.md, fifth session); staggered, a
+    /// follower's stall is hidden by the other follower.
     durable_after_entries: u64,
-    /// Bytes of log entries applied since then.
-    applied_bytes_since_durable: u64,
     leader: u64,
     removed: bool,
     /// Term and vote as last fsynced: a change of either must be durable before anything
@@ -286,8 +286,8 @@ impl Replica {
             ready_reads: Vec::new(),
             parked: VecDeque::new(),
             applied_since_durable: 0,
-            durable_after_entries: durable_every_entries - own_id % durable_every_entries.max(1),
             applied_bytes_since_durable: 0,
+            durable_after_entries: durable_every_entries - own_id % durable_every_entries.max(1),
             leader: 0,
             removed: false,
             durable_term_vote,
