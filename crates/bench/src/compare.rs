@@ -3,6 +3,8 @@
 //! first in even rounds, etcd first in odd ones), then medians and Keel/etcd ratios; plus
 //! restart-to-serving time and memory with many keys.
 //!
+//! Before each run both clusters must have gone quiet (see [`QUIET_CPU_SECONDS`]).
+//!
 //! Ratios are medians of the per-round ratios (each round's Keel number over the same round's
 //! etcd number), so drift of a shared machine between rounds cancels out as far as it can.
 
@@ -43,6 +45,14 @@ const VAL_SIZE: usize = 256;
 const KEY_SPACE: u64 = 10_000;
 /// Puts per txn when loading keys (etcd's default `--max-txn-ops` is 128).
 const LOAD_TXN_OPS: u64 = 128;
+/// Before each run both clusters must have gone quiet: less than this much CPU (all members
+/// together) over one [`QUIET_WINDOW`], 10 % of one core. Then a run is not measured against
+/// the trailing work of the run before it (Go's garbage collector and bbolt's periodic commit
+/// after etcd's runs, a durable store commit after Keel's).
+const QUIET_CPU_SECONDS: f64 = 0.02;
+const QUIET_WINDOW: Duration = Duration::from_millis(200);
+/// A cluster that does not go quiet within this long is measured against anyway.
+const SETTLE_MAX: Duration = Duration::from_secs(3);
 
 /// One workload as the comparison runs it.
 #[derive(Debug, Clone)]
@@ -219,6 +229,9 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison, Error> {
                     [&etcd, &keel]
                 };
                 for cluster in order {
+                    for quiet in [&keel, &etcd] {
+                        settle(quiet).await?;
+                    }
                     let record = run_case(cluster, case, round).await?;
                     eprint!(
                         "[{:>5.1}s] round {round} {:<4} {}",
@@ -280,6 +293,26 @@ pub async fn compare(options: &CompareOptions) -> Result<Comparison, Error> {
             .map_err(|error| Error::Cluster(format!("{}: {error}", path.display())))?;
     }
     Ok(comparison)
+}
+
+/// Waits (at most [`SETTLE_MAX`]) until `cluster` uses less than [`QUIET_CPU_SECONDS`] over a
+/// [`QUIET_WINDOW`].
+async fn settle(cluster: &LocalCluster) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let mut before = cluster.cpu_seconds()?;
+    while started.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(QUIET_WINDOW).await;
+        let now = cluster.cpu_seconds()?;
+        if now - before < QUIET_CPU_SECONDS {
+            return Ok(());
+        }
+        before = now;
+    }
+    eprintln!(
+        "{} did not go quiet within {SETTLE_MAX:?}; measuring anyway",
+        cluster.flavor().name()
+    );
+    Ok(())
 }
 
 async fn run_case(cluster: &LocalCluster, case: &Case, round: usize) -> Result<RunRecord, Error> {
