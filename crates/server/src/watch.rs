@@ -13,10 +13,11 @@
 //! revision was compacted is cancelled with `compact_revision` set.
 //!
 //! A change usually goes to many watchers at once, each owed its own response. The stream
-//! encodes the header and each distinct list of events once and shares the bytes between the
-//! responses ([`EncodedResponse`]), and hands its responses to the gRPC layer in batches, so
-//! one change costs one protobuf encoding, one queue hand-off and one HTTP/2 write per stream
-//! rather than one of each per watcher.
+//! encodes the header and each distinct list of events once and copies the bytes into each
+//! watcher's response, framed for gRPC as it goes ([`Frames`]); it hands its responses to the
+//! gRPC layer in batches that are written to the HTTP/2 stream as they are. So one change
+//! costs one protobuf encoding, one queue hand-off and one HTTP/2 write per stream rather than
+//! one of each per watcher, and no per-response work in the gRPC layer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,81 +42,91 @@ use crate::Node;
 const CHANGES_PER_READ_MAX: usize = 1_000;
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
-/// Responses handed to the gRPC layer at a time: the encoder takes every response that is
-/// ready, so a batch goes out as one buffer (one HTTP/2 write) rather than one per response.
-pub const RESPONSES_PER_BATCH_MAX: usize = 64;
+/// Framed responses a stream collects before it hands them to the gRPC layer (one buffer, one
+/// HTTP/2 write) without waiting for the delivery to end. A batch may pass it by one response.
+pub const BATCH_BYTES_MAX: usize = 64 * 1024;
 /// Batches queued for a client before the stream waits for it to read.
 pub const BATCHES_QUEUED_MAX: usize = 4;
 
-/// What a stream hands to the gRPC layer: a batch of responses, or the error ending it.
-pub type ResponseBatch = Result<Vec<EncodedResponse>, Status>;
+/// What a stream hands to the gRPC layer: framed responses ([`Frames`]), or the error ending
+/// the stream.
+pub type ResponseBatch = Result<Bytes, Status>;
 
-// Field numbers of `etcdserverpb.WatchResponse` (rpc.proto) that `EncodedResponse` writes.
+// Field numbers of `etcdserverpb.WatchResponse` (rpc.proto) that `Frames` writes.
 const HEADER_FIELD: u32 = 1;
 const WATCH_ID_FIELD: u32 = 2;
 const EVENTS_FIELD: u32 = 11;
+/// gRPC's prefix of each message: a compressed flag (never set here) and the length, big-endian.
+const GRPC_PREFIX_BYTES: usize = 5;
 
-/// A `WatchResponse` already encoded as protobuf (without gRPC's message framing).
+/// `WatchResponse`s encoded as protobuf and framed as gRPC messages, back to back: the bytes
+/// of the HTTP/2 stream, which the gRPC layer writes as they are.
 ///
-/// Event notifications keep their parts apart: the header and the events are encoded once per
-/// delivery and shared (reference-counted) by every watcher sent the same events; only the
-/// watcher id is written per response. The bytes are exactly what prost writes for the
-/// equivalent `WatchResponse` (fields in number order, zero values left out). Fragments, rare,
-/// are encoded whole.
-#[derive(Debug, Clone)]
-pub enum EncodedResponse {
-    /// Any response, encoded whole.
-    Whole(Bytes),
-    /// Events for one watcher, in one response.
-    Events {
-        /// Field 1, the header, with its tag and length.
-        header: Bytes,
-        watch_id: i64,
-        /// Field 11, every event with its tag and length.
-        events: Bytes,
-    },
+/// Event notifications are written from their parts: the header and the events are encoded
+/// once per delivery and copied into every watcher's response; only the watcher id is encoded
+/// per response. The bytes are exactly what prost and tonic would write for the equivalent
+/// `WatchResponse` (fields in number order, zero values left out, an uncompressed frame).
+#[derive(Debug, Default)]
+pub struct Frames {
+    buffer: BytesMut,
 }
 
-impl EncodedResponse {
-    fn whole(response: &WatchResponse) -> EncodedResponse {
-        EncodedResponse::Whole(response.encode_to_vec().into())
+impl Frames {
+    /// Appends a notification from its encoded parts: `header` is field 1 and `events` every
+    /// event as field 11, each with its tag and length.
+    pub fn push_events(
+        &mut self,
+        header: &[u8],
+        watch_id: i64,
+        events: &[u8],
+    ) -> Result<(), Status> {
+        let watch_id_bytes = if watch_id == 0 {
+            0
+        } else {
+            proto_int64::encoded_len(WATCH_ID_FIELD, &watch_id)
+        };
+        self.prefix(header.len() + watch_id_bytes + events.len())?;
+        self.buffer.put_slice(header);
+        if watch_id != 0 {
+            proto_int64::encode(WATCH_ID_FIELD, &watch_id, &mut self.buffer);
+        }
+        self.buffer.put_slice(events);
+        Ok(())
     }
 
-    /// The protobuf length of the response.
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            EncodedResponse::Whole(bytes) => bytes.len(),
-            EncodedResponse::Events {
-                header,
-                watch_id,
-                events,
-            } => {
-                let watch_id_len = if *watch_id == 0 {
-                    0
-                } else {
-                    proto_int64::encoded_len(WATCH_ID_FIELD, watch_id)
-                };
-                header.len() + watch_id_len + events.len()
-            }
-        }
+    /// Appends any response.
+    pub fn push(&mut self, response: &WatchResponse) -> Result<(), Status> {
+        self.prefix(response.encoded_len())?;
+        response
+            .encode(&mut self.buffer)
+            .expect("the buffer grows to fit");
+        Ok(())
     }
 
-    /// Writes the response's protobuf bytes into `buffer`.
-    pub fn encode(&self, buffer: &mut impl BufMut) {
-        match self {
-            EncodedResponse::Whole(bytes) => buffer.put_slice(bytes),
-            EncodedResponse::Events {
-                header,
-                watch_id,
-                events,
-            } => {
-                buffer.put_slice(header);
-                if *watch_id != 0 {
-                    proto_int64::encode(WATCH_ID_FIELD, watch_id, buffer);
-                }
-                buffer.put_slice(events);
-            }
-        }
+    /// The gRPC prefix of a message of `length` bytes, with room reserved for the message.
+    fn prefix(&mut self, length: usize) -> Result<(), Status> {
+        let framed_length = u32::try_from(length).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "keel: a watch response of {length} bytes is larger than a gRPC message can be"
+            ))
+        })?;
+        self.buffer.reserve(GRPC_PREFIX_BYTES + length);
+        self.buffer.put_u8(0);
+        self.buffer.put_u32(framed_length);
+        Ok(())
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    /// Everything appended so far; the buffer starts over.
+    pub fn take(&mut self) -> Bytes {
+        self.buffer.split().freeze()
     }
 }
 
@@ -231,8 +242,8 @@ struct WatchStream {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     responses: mpsc::Sender<ResponseBatch>,
-    /// Responses not yet handed over (at most `RESPONSES_PER_BATCH_MAX`).
-    batch: Vec<EncodedResponse>,
+    /// Responses not yet handed over (about `BATCH_BYTES_MAX` at most).
+    batch: Frames,
     revisions: tokio::sync::watch::Receiver<Published>,
 }
 
@@ -254,7 +265,7 @@ pub async fn serve_stream(
         watchers: BTreeMap::new(),
         next_id: 0,
         responses,
-        batch: Vec::new(),
+        batch: Frames::default(),
         revisions,
     };
     loop {
@@ -298,12 +309,25 @@ impl WatchStream {
 
     /// Queues a response; it is handed over when the batch is full or the stream flushes.
     async fn send(&mut self, response: WatchResponse) -> Result<(), Gone> {
-        self.push(EncodedResponse::whole(&response)).await
+        let framed = self.batch.push(&response);
+        self.queued(framed).await
     }
 
-    async fn push(&mut self, response: EncodedResponse) -> Result<(), Gone> {
-        self.batch.push(response);
-        if self.batch.len() >= RESPONSES_PER_BATCH_MAX {
+    /// Queues a notification from its encoded parts (see [`Frames::push_events`]).
+    async fn send_events(&mut self, header: &[u8], id: i64, events: &[u8]) -> Result<(), Gone> {
+        let framed = self.batch.push_events(header, id, events);
+        self.queued(framed).await
+    }
+
+    /// After a response was queued: hands the batch over once it is full; a response that
+    /// could not be framed ends the stream with its status.
+    async fn queued(&mut self, framed: Result<(), Status>) -> Result<(), Gone> {
+        if let Err(status) = framed {
+            self.flush().await?;
+            let _ = self.responses.send(Err(status)).await;
+            return Err(Gone);
+        }
+        if self.batch.len_bytes() >= BATCH_BYTES_MAX {
             self.flush().await?;
         }
         Ok(())
@@ -314,7 +338,7 @@ impl WatchStream {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
+        let batch = self.batch.take();
         self.responses.send(Ok(batch)).await.map_err(|_| Gone)
     }
 
@@ -507,12 +531,7 @@ impl WatchStream {
                     }
                     Ok(())
                 } else {
-                    self.push(EncodedResponse::Events {
-                        header: header.clone(),
-                        watch_id: id,
-                        events: events.bytes,
-                    })
-                    .await
+                    self.send_events(&header, id, &events.bytes).await
                 }
             };
             tracing::Instrument::instrument(send, span).await?;
@@ -668,11 +687,19 @@ mod tests {
         }
     }
 
+    /// gRPC's framing of one message: an uncompressed flag and the length, big-endian.
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(message);
+        bytes
+    }
+
     /// The shared encoding is a shortcut, never a different message: a client must read
-    /// exactly the response prost would have written, whatever the id (zero is left out,
-    /// negative ids take ten bytes).
+    /// exactly the frames tonic would have written for the responses prost encodes, whatever
+    /// the id (zero is left out, negative ids take ten bytes).
     #[test]
-    fn encoded_events_are_the_bytes_prost_writes() {
+    fn framed_responses_are_the_bytes_prost_and_grpc_write() {
         let header = ResponseHeader {
             cluster_id: 0x2998_7e05_67f2_fcdc,
             member_id: 0x5298_aff1_176e_e5f7,
@@ -691,22 +718,20 @@ mod tests {
             shared.payload_bytes,
             events.iter().map(Message::encoded_len).sum::<usize>()
         );
+        let header_bytes = encode_header(&header);
+        let mut frames = Frames::default();
+        let mut expected = Vec::new();
         for watch_id in [0, 1, 49, 300, i64::MAX, -1] {
-            let response = EncodedResponse::Events {
-                header: encode_header(&header),
-                watch_id,
-                events: shared.bytes.clone(),
-            };
-            let mut bytes = Vec::new();
-            response.encode(&mut bytes);
-            let expected = WatchResponse {
+            frames
+                .push_events(&header_bytes, watch_id, &shared.bytes)
+                .unwrap();
+            let response = WatchResponse {
                 header: Some(header),
                 watch_id,
                 events: events.clone(),
                 ..WatchResponse::default()
             };
-            assert_eq!(bytes, expected.encode_to_vec(), "watch id {watch_id}");
-            assert_eq!(response.encoded_len(), bytes.len());
+            expected.extend(framed(&response.encode_to_vec()));
         }
         let created = WatchResponse {
             header: Some(header),
@@ -714,10 +739,20 @@ mod tests {
             created: true,
             ..WatchResponse::default()
         };
-        let whole = EncodedResponse::whole(&created);
-        let mut bytes = Vec::new();
-        whole.encode(&mut bytes);
-        assert_eq!(bytes, created.encode_to_vec());
-        assert_eq!(whole.encoded_len(), bytes.len());
+        frames.push(&created).unwrap();
+        expected.extend(framed(&created.encode_to_vec()));
+        assert_eq!(frames.len_bytes(), expected.len());
+        assert_eq!(frames.take(), expected);
+        assert!(frames.is_empty(), "taking the frames starts over");
+    }
+
+    /// gRPC's length is 32 bits: a larger response is refused before anything is written.
+    #[test]
+    fn a_response_too_large_to_frame_is_refused() {
+        let mut frames = Frames::default();
+        let too_large = usize::try_from(u64::from(u32::MAX) + 1).unwrap();
+        let status = frames.prefix(too_large).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(frames.is_empty());
     }
 }

@@ -81,11 +81,16 @@ pub async fn serve(
         .add_service(limits!(ClusterServer::new(ClusterService::new(
             Arc::clone(&node)
         ))))
-        .add_service(limits!(WatchServer::new(WatchService::new(
-            Arc::clone(&node),
-            config.watch.clone(),
-            Arc::clone(&config.auth)
-        ))))
+        // Watch responses are framed by their streams (`crate::watch::Frames`), unbounded as
+        // the other replies are.
+        .add_service(
+            WatchServer::new(WatchService::new(
+                Arc::clone(&node),
+                config.watch.clone(),
+                Arc::clone(&config.auth),
+            ))
+            .max_decoding_message_size(receive_limit),
+        )
         .add_service(limits!(LeaseServer::new(LeaseService::new(
             Arc::clone(&node),
             Arc::clone(&config.auth)
