@@ -388,5 +388,14 @@ fn a_crash_between_the_snapshot_marker_and_the_store_install_is_repaired_at_star
     assert!(cluster.log(behind).contains("installed a store snapshot"));
     runtime.block_on(wait_for_revision(&cluster, &[0, 1, 2], revision));
     assert_same_hash_kv(&cluster, 0..3);
+    // Installed at start and removed then. The leader may not have heard yet that the member
+    // caught up and send the same snapshot again; the member declines it and removes its file
+    // too, so wait for that rather than catch the moment in between.
+    let left = || std::fs::read_dir(&snap_dir).unwrap().count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while left() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(!kept.exists(), "the installed snapshot file is removed");
+    assert_eq!(left(), 0, "no snapshot file is left behind");
 }

@@ -239,6 +239,11 @@ pub struct Replica {
     spans: Option<RaftSpans>,
     /// Decides from the rate of appended entries whether the write path polls.
     load_meter: LoadMeter,
+    /// Indices of snapshot files received from a leader and handed to the core, until the
+    /// store holds them. The core declines a snapshot it no longer needs (a leader that had
+    /// not yet heard that this member caught up sends one again, often at the same index); its
+    /// file is removed then rather than kept until the next start.
+    received_snapshots: Vec<u64>,
 }
 
 impl Replica {
@@ -294,6 +299,7 @@ impl Replica {
             durable_index,
             spans: RaftSpans::new(own_id),
             load_meter: LoadMeter::new(Instant::now()),
+            received_snapshots: Vec::new(),
         }
     }
 
@@ -421,6 +427,11 @@ impl Replica {
                 self.removed = true;
             }
             Input::Step(message) => {
+                if message.kind == MessageKind::Snapshot {
+                    if let Some(snapshot) = &message.snapshot {
+                        self.received_snapshots.push(snapshot.metadata.index);
+                    }
+                }
                 if let Err(error) = self.raw_node.step(message) {
                     tracing::debug!(?error, "dropped a peer message");
                 }
@@ -589,7 +600,35 @@ impl Replica {
         }
         self.load_meter
             .appended(appended, Instant::now(), &self.shared.load);
+        self.discard_received_snapshots();
         Ok(())
+    }
+
+    /// Removes the files of received snapshots the store has caught up with: installed ones
+    /// are gone already; these were declined by the core (or dropped with a stale message).
+    /// A file ahead of the store is kept: the core may still hand it over to install.
+    fn discard_received_snapshots(&mut self) {
+        if self.received_snapshots.is_empty() {
+            return;
+        }
+        let applied = self.store.consistent_index();
+        let snap_dir = &self.snap_dir;
+        self.received_snapshots.retain(|&index| {
+            if index > applied {
+                return true;
+            }
+            let path = snapshot_file(snap_dir, index);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(index, "removed a snapshot file the store no longer needs")
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove a snapshot file")
+                }
+            }
+            false
+        });
     }
 
     fn send_messages(&mut self, mut messages: Vec<Message>) {
