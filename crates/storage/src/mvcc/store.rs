@@ -282,8 +282,14 @@ impl Store {
     }
 
     /// Makes everything committed so far durable.
+    ///
+    /// Holds the state's read lock, not its write lock: the commit flushes everything written
+    /// since the last sync (an fsync of tens of milliseconds under load), and readers — every
+    /// range, every watch stream asking for the revision — must not wait for it. Writers do
+    /// wait, so the meta written here matches the data it makes durable; the only writer is
+    /// the thread applying the log, which is the one syncing.
     pub fn sync(&self) -> Result<(), MvccError> {
-        let state = self.write_state();
+        let state = self.read_state();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         write_meta(&txn, &state)?;
