@@ -137,6 +137,29 @@ fn encode_header(header: &ResponseHeader) -> Bytes {
     bytes.freeze()
 }
 
+/// The changes from `from` through `current` out of the node's last publication (`recent`),
+/// when it holds them all.
+fn recent_from(recent: Option<&Arc<Changes>>, from: i64, current: i64) -> Option<Arc<Changes>> {
+    let recent = recent?;
+    let first = recent.changes.first()?.kv.mod_revision;
+    if recent.through_revision != current || from < first {
+        return None;
+    }
+    if from == first {
+        return Some(Arc::clone(recent));
+    }
+    let changes = recent
+        .changes
+        .iter()
+        .filter(|change| change.kv.mod_revision >= from)
+        .cloned()
+        .collect();
+    Some(Arc::new(Changes {
+        changes,
+        through_revision: recent.through_revision,
+    }))
+}
+
 /// Events encoded for one delivery, shared by the watchers that are sent them.
 #[derive(Clone)]
 struct SharedEvents {
@@ -440,8 +463,14 @@ impl WatchStream {
     /// which all watchers have been served.
     async fn deliver(&mut self) -> Result<i64, Gone> {
         loop {
-            let store = self.node.store();
-            let current = store.revision();
+            // The revision the node published last, and the changes that came with it: read
+            // together, without the store's lock, so a batch being applied (it holds the
+            // store's write lock through its commit) does not hold up delivering the last one.
+            // Every change of the revision is published, so nothing waits longer than that.
+            let (current, recent) = {
+                let published = self.revisions.borrow();
+                (published.revision, published.recent.clone())
+            };
             let Some(from) = self
                 .watchers
                 .values()
@@ -451,7 +480,8 @@ impl WatchStream {
             else {
                 return Ok(current);
             };
-            let changes = match self.recent_from(from, current) {
+            let store = self.node.store();
+            let changes = match recent_from(recent.as_ref(), from, current) {
                 Some(changes) => changes,
                 None => match store.changes(from, CHANGES_PER_READ_MAX) {
                     Ok(changes) => Arc::new(changes),
@@ -537,30 +567,6 @@ impl WatchStream {
             tracing::Instrument::instrument(send, span).await?;
         }
         Ok(())
-    }
-
-    /// The changes from `from` through `current` out of the node's last publication, when it
-    /// holds them all.
-    fn recent_from(&self, from: i64, current: i64) -> Option<Arc<Changes>> {
-        let published = self.revisions.borrow();
-        let recent = published.recent.as_ref()?;
-        let first = recent.changes.first()?.kv.mod_revision;
-        if recent.through_revision != current || from < first {
-            return None;
-        }
-        if from == first {
-            return Some(Arc::clone(recent));
-        }
-        let changes = recent
-            .changes
-            .iter()
-            .filter(|change| change.kv.mod_revision >= from)
-            .cloned()
-            .collect();
-        Some(Arc::new(Changes {
-            changes,
-            through_revision: recent.through_revision,
-        }))
     }
 
     /// The events for the changes at `selection` (indices into `changes`).
