@@ -161,7 +161,6 @@ fn recent_from(recent: Option<&Arc<Changes>>, from: i64, current: i64) -> Option
 }
 
 /// Events encoded for one delivery, shared by the watchers that are sent them.
-#[derive(Clone)]
 struct SharedEvents {
     /// Field 11 for every event.
     bytes: Bytes,
@@ -182,7 +181,7 @@ impl EncodedEvents {
         self.by_selection[usize::from(prev_kv)].get(selection)
     }
 
-    fn insert(&mut self, selection: &[usize], prev_kv: bool, events: &[Event]) -> SharedEvents {
+    fn insert(&mut self, selection: &[usize], prev_kv: bool, events: &[Event]) {
         let payload_bytes = events.iter().map(Message::encoded_len).sum();
         let mut bytes = BytesMut::with_capacity(
             events
@@ -197,8 +196,7 @@ impl EncodedEvents {
             bytes: bytes.freeze(),
             payload_bytes,
         };
-        self.by_selection[usize::from(prev_kv)].insert(selection.to_vec(), shared.clone());
-        shared
+        self.by_selection[usize::from(prev_kv)].insert(selection.to_vec(), shared);
     }
 }
 
@@ -533,13 +531,14 @@ impl WatchStream {
             }
             watcher.sent_since_tick = true;
             let (prev_kv, fragment) = (watcher.prev_kv, watcher.fragment);
-            let events = match encoded.get(&selection, prev_kv) {
-                Some(events) => events.clone(),
-                None => {
-                    let events = self.events(&changes.changes, &selection, prev_kv);
-                    encoded.insert(&selection, prev_kv, &events)
-                }
-            };
+            // Borrowed, not cloned: each watcher's response copies the bytes into the batch.
+            if encoded.get(&selection, prev_kv).is_none() {
+                let events = self.events(&changes.changes, &selection, prev_kv);
+                encoded.insert(&selection, prev_kv, &events);
+            }
+            let events = encoded
+                .get(&selection, prev_kv)
+                .expect("inserted just above");
             // With tracing on, each notification is a span of its own (the change's writer
             // is not known here): how many events, through which revision, how long.
             let span = if crate::telemetry::enabled() {
@@ -717,8 +716,8 @@ mod tests {
             event(b"other", b"", 1_234_567, true),
         ];
         let mut encoded = EncodedEvents::default();
-        let shared = encoded.insert(&[0, 1], false, &events);
-        assert!(encoded.get(&[0, 1], false).is_some());
+        encoded.insert(&[0, 1], false, &events);
+        let shared = encoded.get(&[0, 1], false).unwrap();
         assert!(encoded.get(&[0, 1], true).is_none());
         assert_eq!(
             shared.payload_bytes,
