@@ -790,6 +790,10 @@ impl Replica {
             };
             self.revisions.send_replace(Published { revision, recent });
         }
+        // After the answers: the batch's proposers do not wait for this commit.
+        self.store
+            .flush_if_full()
+            .map_err(|error| format!("committing applied entries: {error}"))?;
         Ok(())
     }
 

@@ -86,14 +86,14 @@ impl Store {
 impl WriteTxn<'_> {
     /// The record named `name`, as this transaction sees it.
     pub fn auth_get(&self, table: AuthTable, name: &str) -> Result<Option<Vec<u8>>, MvccError> {
-        let table = self.txn.open_table(table.definition())?;
+        let table = self.redb()?.open_table(table.definition())?;
         let record = table.get(name)?.map(|bytes| bytes.value().to_vec());
         Ok(record)
     }
 
     /// Every record of `table`, in name order.
     pub fn auth_list(&self, table: AuthTable) -> Result<Vec<(String, Vec<u8>)>, MvccError> {
-        list(&self.txn.open_table(table.definition())?)
+        list(&self.redb()?.open_table(table.definition())?)
     }
 
     pub fn auth_put(
@@ -102,7 +102,7 @@ impl WriteTxn<'_> {
         name: &str,
         record: &[u8],
     ) -> Result<(), MvccError> {
-        self.txn
+        self.redb()?
             .open_table(table.definition())?
             .insert(name, record)?;
         self.auth_changes = true;
@@ -110,14 +110,14 @@ impl WriteTxn<'_> {
     }
 
     pub fn auth_remove(&mut self, table: AuthTable, name: &str) -> Result<(), MvccError> {
-        self.txn.open_table(table.definition())?.remove(name)?;
+        self.redb()?.open_table(table.definition())?.remove(name)?;
         self.auth_changes = true;
         Ok(())
     }
 
     /// Whether authentication is enabled, and the auth revision (0: never changed).
     pub fn auth_state(&self) -> Result<(bool, u64), MvccError> {
-        let meta = self.txn.open_table(META)?;
+        let meta = self.redb()?.open_table(META)?;
         let value = |name| -> Result<u64, MvccError> {
             Ok(meta.get(name)?.map_or(0, |value| value.value()))
         };
@@ -128,9 +128,11 @@ impl WriteTxn<'_> {
     }
 
     pub fn set_auth_state(&mut self, enabled: bool, revision: u64) -> Result<(), MvccError> {
-        let mut meta = self.txn.open_table(META)?;
-        meta.insert(backend::META_AUTH_ENABLED, u64::from(enabled))?;
-        meta.insert(backend::META_AUTH_REVISION, revision)?;
+        {
+            let mut meta = self.redb()?.open_table(META)?;
+            meta.insert(backend::META_AUTH_ENABLED, u64::from(enabled))?;
+            meta.insert(backend::META_AUTH_REVISION, revision)?;
+        }
         self.auth_changes = true;
         Ok(())
     }

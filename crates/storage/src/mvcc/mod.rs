@@ -20,6 +20,7 @@ mod key_index;
 mod revision;
 mod snapshot;
 mod store;
+mod unflushed;
 
 pub use auth_tables::{AuthTable, StoredAuth};
 pub use error::MvccError;

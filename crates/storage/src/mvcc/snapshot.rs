@@ -347,6 +347,10 @@ impl Store {
         // Under the state's read lock no write is half done, so the redb view and the
         // in-memory numbers agree.
         let state = self.read_state();
+        if !state.unflushed.is_empty() {
+            // A snapshot reads redb alone.
+            self.write_unflushed(&state, Durability::None)?;
+        }
         let read = self.db.begin_read()?;
         Ok(StoreSnapshot {
             read,

@@ -41,6 +41,14 @@ fn populated(dir: &tempfile::TempDir) -> Store {
     store.compact(revision, index).unwrap();
     // An entry applied without a change still moves the consistent index.
     store.skip(index + 1);
+    // The last writes are still in memory, not in redb: the snapshot has them too.
+    for key in 0..5 {
+        let mut txn = store.write(index + 2 + key).unwrap();
+        txn.put(format!("late/{key}").as_bytes(), b"late".to_vec(), 0)
+            .unwrap();
+        txn.commit(false).unwrap();
+    }
+    assert!(!store.read_state().unflushed.is_empty());
     store
 }
 

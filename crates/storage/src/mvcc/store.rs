@@ -1,9 +1,11 @@
 //! The MVCC store: the in-memory key index over the revision-keyed records in redb.
 //!
-//! Reads take the state's read lock only to resolve revisions and to open a redb read
-//! transaction (which sees every commit made under the write lock before it); they fetch values
-//! after releasing it. Writes hold the write lock for the whole transaction, so a reader never
-//! sees half of one, and commit to redb before they publish the new revision.
+//! Reads take the state's read lock only to resolve revisions, to copy out the records not yet
+//! in redb ([`Unflushed`]) and to open a redb read transaction (which sees every commit made
+//! before it); they fetch the other values after releasing it. Writes hold the write lock for
+//! the whole transaction, so a reader never sees half of one. A write's `kv` records go to
+//! [`Unflushed`], not to redb: they reach redb together, one commit per ~1,000 records
+//! ([`Store::flush`]), or sooner when something needs redb current.
 //!
 //! redb commits are not durable by themselves (`Durability::None`): the write-ahead log is what
 //! makes a write durable, and entries after the stored consistent index are applied again on
@@ -12,13 +14,14 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keel_api::mvccpb::KeyValue;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::backend::{self, Record, KV, LEASES, MEMBERS, MEMBERS_RAFT, MEMBERS_REMOVED, META};
 use super::key_index::{KeyAt, RangeEnd, TreeIndex};
+use super::unflushed::{SharedRecord, Unflushed};
 use super::{MvccError, Revision};
 
 /// How a range is read.
@@ -66,6 +69,8 @@ pub(super) struct State {
     /// Commits that changed the auth tables since the store was opened (in memory only), so
     /// readers of the auth state know cheaply when to read it again.
     pub(super) auth_version: u64,
+    /// `kv` records applied but not yet committed to redb.
+    pub(super) unflushed: Unflushed,
 }
 
 /// Pages redb keeps in its own cache.
@@ -83,6 +88,9 @@ pub struct Store {
     /// `State::auth_version`, readable without the lock: every request checks it, and must not
     /// wait behind a batch of applied entries holding the write lock.
     pub(super) auth_version: AtomicU64,
+    /// The newest record in memory that redb has too: the next writer forgets it and those
+    /// before it ([`Store::write_unflushed`]).
+    flushed_through: Mutex<Option<(i64, i64)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -147,6 +155,7 @@ impl Store {
             db,
             state: RwLock::new(state),
             auth_version: AtomicU64::new(0),
+            flushed_through: Mutex::new(None),
         })
     }
 
@@ -192,10 +201,11 @@ impl Store {
         let state = self.read_state();
         let read = self.db.begin_read()?;
         let (revisions, result) = plan_range(&state, state.current_revision, key, end, options)?;
+        let located = locate(&state.unflushed, revisions);
         // Values are fetched without the lock: the read transaction already sees every
-        // revision the index named.
+        // revision the index named that is not in the copied records.
         drop(state);
-        fetch(revisions, result, || Ok(read.open_table(KV)?))
+        fetch(located, result, || Ok(read.open_table(KV)?))
     }
 
     /// A consistent view for several reads (a read-only transaction). It holds the store's read
@@ -209,22 +219,32 @@ impl Store {
     /// Starts the write transaction of log entry `consistent_index`. It holds the store's write
     /// lock until it is committed or dropped.
     pub fn write(&self, consistent_index: u64) -> Result<WriteTxn<'_>, MvccError> {
-        let state = self.write_state();
+        let mut state = self.write_state();
+        let flushed = self
+            .flushed_through
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(through) = flushed {
+            state.unflushed.remove_through(through);
+        }
+        if state.unflushed.is_full() {
+            // Nobody flushed: commit here (readers wait) rather than grow without bound.
+            self.write_unflushed(&state, Durability::None)?;
+            state.unflushed.clear();
+        }
         assert!(
             consistent_index > state.consistent_index,
             "log entry {consistent_index} applied after entry {}",
             state.consistent_index
         );
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
         let begin_revision = state.current_revision;
         Ok(WriteTxn {
             state,
-            auth_version: &self.auth_version,
-            txn,
+            store: self,
+            txn: std::cell::OnceCell::new(),
             begin_revision,
             batch_changes: false,
-            pending: std::cell::RefCell::new(Vec::new()),
             changes: 0,
             lease_changes: false,
             member_changes: false,
@@ -245,6 +265,8 @@ impl Store {
         }
         let keep = state.index.compact(revision);
         let txn = self.db.begin_write()?;
+        // The records still in memory go in first, so the compacted ones among them go too.
+        insert_unflushed(&txn, &state.unflushed)?;
         let removed = {
             let mut table = txn.open_table(KV)?;
             let mut doomed = Vec::new();
@@ -268,6 +290,7 @@ impl Store {
             doomed.len()
         };
         txn.commit()?;
+        state.unflushed.clear();
         state.compact_revision = revision;
         state.consistent_index = state.consistent_index.max(consistent_index);
         tracing::info!(revision, removed, "compacted");
@@ -289,13 +312,67 @@ impl Store {
     /// wait, so the meta written here matches the data it makes durable; the only writer is
     /// the thread applying the log, which is the one syncing.
     pub fn sync(&self) -> Result<(), MvccError> {
+        self.commit_unflushed(Durability::Immediate)
+    }
+
+    /// Commits the applied records still in memory to redb (not durably), so they no longer
+    /// take memory. Readers go on meanwhile, as for [`Store::sync`].
+    pub fn flush(&self) -> Result<(), MvccError> {
+        if self.read_state().unflushed.is_empty() {
+            return Ok(());
+        }
+        self.commit_unflushed(Durability::None)
+    }
+
+    /// [`Store::flush`] when the records in memory have reached their bound. The applying
+    /// thread calls it after answering a batch's proposers, so they do not wait for the commit
+    /// (a writer that does not is caught by [`Store::write`], under the write lock).
+    pub fn flush_if_full(&self) -> Result<(), MvccError> {
+        if !self.read_state().unflushed.is_full() {
+            return Ok(());
+        }
+        self.commit_unflushed(Durability::None)
+    }
+
+    /// One redb commit of the records in memory and the meta.
+    fn commit_unflushed(&self, durability: Durability) -> Result<(), MvccError> {
         let state = self.read_state();
+        self.write_unflushed(&state, durability)
+    }
+
+    /// Commits `state`'s records still in memory and its meta to redb; the caller holds the
+    /// lock `state` came from, so they match. The records stay in memory until the next writer
+    /// takes the write lock (this must not wait for readers): until then readers find them in
+    /// both places, and use either (they ask redb only below the oldest one held).
+    pub(super) fn write_unflushed(
+        &self,
+        state: &State,
+        durability: Durability,
+    ) -> Result<(), MvccError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        write_meta(&txn, &state)?;
+        txn.set_durability(durability)?;
+        insert_unflushed(&txn, &state.unflushed)?;
+        write_meta(&txn, state)?;
         txn.commit()?;
+        if let Some(through) = state.unflushed.last() {
+            *self
+                .flushed_through
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(through);
+        }
         Ok(())
     }
+}
+
+fn insert_unflushed(txn: &WriteTransaction, unflushed: &Unflushed) -> Result<(), MvccError> {
+    if unflushed.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(KV)?;
+    for (revision, record) in unflushed.iter() {
+        table.insert(*revision, record.as_slice())?;
+    }
+    Ok(())
 }
 
 /// Reads the revisions from `meta` and rebuilds the key index from `kv`.
@@ -339,6 +416,7 @@ pub(super) fn load_state(db: &Database, auth_version: u64) -> Result<State, Mvcc
         compact_revision,
         consistent_index,
         auth_version,
+        unflushed: Unflushed::default(),
     })
 }
 
@@ -393,23 +471,54 @@ fn plan_range(
     ))
 }
 
-/// Reads the values of `revisions` into `result`, opening the table only when there are any.
-fn fetch<T: ReadableTable<(i64, i64), &'static [u8]>>(
+/// Pairs each revision with its record when it is still in memory (redb has the others).
+fn locate(
+    unflushed: &Unflushed,
     revisions: Vec<Revision>,
+) -> Vec<(Revision, Option<SharedRecord>)> {
+    let first = unflushed.first();
+    revisions
+        .into_iter()
+        .map(|revision| {
+            let key = (revision.main, revision.sub);
+            let held = first
+                .filter(|first| key >= *first)
+                .and_then(|_| unflushed.get(key).cloned());
+            (revision, held)
+        })
+        .collect()
+}
+
+/// Reads the values of `located` into `result`, from memory or from redb, opening the table
+/// only when some are there.
+fn fetch<T: ReadableTable<(i64, i64), &'static [u8]>>(
+    located: Vec<(Revision, Option<SharedRecord>)>,
     mut result: RangeResult,
     open: impl FnOnce() -> Result<T, MvccError>,
 ) -> Result<RangeResult, MvccError> {
-    if revisions.is_empty() {
+    if located.is_empty() {
         return Ok(result);
     }
-    let table = open()?;
-    result.kvs.reserve(revisions.len());
-    for revision in revisions {
+    let mut open = Some(open);
+    let mut table = None;
+    result.kvs.reserve(located.len());
+    for (revision, held) in located {
         let key = (revision.main, revision.sub);
-        let stored = table.get(key)?.ok_or_else(|| {
-            MvccError::Corrupt(format!("index names revision {key:?}, which is not stored"))
-        })?;
-        match backend::decode(key, stored.value())? {
+        let record = match held {
+            Some(record) => backend::decode(key, &record)?,
+            None => {
+                if table.is_none() {
+                    let open = open.take().expect("the table is opened once");
+                    table = Some(open()?);
+                }
+                let table = table.as_ref().expect("opened just above");
+                let stored = table.get(key)?.ok_or_else(|| {
+                    MvccError::Corrupt(format!("index names revision {key:?}, which is not stored"))
+                })?;
+                backend::decode(key, stored.value())?
+            }
+        };
+        match record {
             Record::Put(kv) => result.kvs.push(kv),
             Record::Tombstone(_) => {
                 return Err(MvccError::Corrupt(format!(
@@ -436,7 +545,8 @@ impl ReadView for ReadTxn<'_> {
     ) -> Result<RangeResult, MvccError> {
         let (revisions, result) =
             plan_range(&self.state, self.state.current_revision, key, end, options)?;
-        fetch(revisions, result, || Ok(self.read.open_table(KV)?))
+        let located = locate(&self.state.unflushed, revisions);
+        fetch(located, result, || Ok(self.read.open_table(KV)?))
     }
 
     fn revision(&self) -> i64 {
@@ -448,35 +558,40 @@ impl ReadView for ReadTxn<'_> {
     }
 }
 
-/// A `kv` record a write transaction has not inserted into redb yet: (main, sub) revision and
-/// the encoded record.
-type PendingRecord = ((i64, i64), Vec<u8>);
-
 /// The changes of one log entry: every put and delete in it share one main revision. Several
 /// consecutive entries may share one redb transaction ([`WriteTxn::next_entry`]): each still
 /// gets its own revision, and the batch costs one commit.
 pub struct WriteTxn<'a> {
     state: RwLockWriteGuard<'a, State>,
-    auth_version: &'a AtomicU64,
-    pub(super) txn: WriteTransaction,
+    store: &'a Store,
+    /// The redb transaction, begun by the first lease, membership or auth access: key changes
+    /// go to the state's [`Unflushed`] records, and need none.
+    txn: std::cell::OnceCell<WriteTransaction>,
     begin_revision: i64,
-    /// Earlier entries of the batch changed keys: the transaction must commit.
+    /// Earlier entries of the batch changed keys.
     batch_changes: bool,
-    /// `kv` records not yet inserted into redb (see `flush`).
-    pending: std::cell::RefCell<Vec<PendingRecord>>,
     /// Changes so far; the next change's sub revision.
     changes: i64,
-    /// Leases granted or revoked: the transaction must commit even without key changes.
+    /// Leases granted or revoked: redb must commit with the batch.
     lease_changes: bool,
     /// Member attributes recorded: likewise.
     member_changes: bool,
-    /// Users, roles or the auth switch changed: the transaction must commit even without key
-    /// changes.
+    /// Users, roles or the auth switch changed: likewise.
     pub(super) auth_changes: bool,
     consistent_index: u64,
 }
 
 impl WriteTxn<'_> {
+    /// The redb transaction for tables other than `kv`, begun on first use.
+    pub(super) fn redb(&self) -> Result<&WriteTransaction, MvccError> {
+        if let Some(txn) = self.txn.get() {
+            return Ok(txn);
+        }
+        let mut txn = self.store.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        Ok(self.txn.get_or_init(|| txn))
+    }
+
     /// The store's revision before this transaction.
     pub fn begin_revision(&self) -> i64 {
         self.begin_revision
@@ -507,9 +622,9 @@ impl WriteTxn<'_> {
             value,
             lease,
         };
-        self.pending
-            .get_mut()
-            .push(((revision.main, revision.sub), backend::encode_put(&kv)));
+        self.state
+            .unflushed
+            .push((revision.main, revision.sub), backend::encode_put(&kv));
         self.changes += 1;
         Ok(main)
     }
@@ -528,35 +643,20 @@ impl WriteTxn<'_> {
         let main = self.begin_revision + 1;
         for name in &doomed {
             let revision = Revision::new(main, self.changes);
-            self.pending.get_mut().push((
+            self.state.unflushed.push(
                 (revision.main, revision.sub),
                 backend::encode_tombstone(name),
-            ));
+            );
             self.state.index.tombstone(name, revision);
             self.changes += 1;
         }
         Ok((doomed.len() as i64, main))
     }
 
-    /// Writes the buffered records to the `kv` table: one `open_table` for many records (it
-    /// costs a table-tree lookup and allocations each time). Reads in the transaction flush
-    /// first, so they see its own changes.
-    fn flush(&self) -> Result<(), MvccError> {
-        let mut pending = self.pending.borrow_mut();
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let mut table = self.txn.open_table(KV)?;
-        for (revision, record) in pending.drain(..) {
-            table.insert(revision, record.as_slice())?;
-        }
-        Ok(())
-    }
-
     /// Ends the changes of the current entry and starts those of log entry `consistent_index`
-    /// in the same redb transaction. The store's readers wait until [`WriteTxn::commit`] (the
-    /// write lock is held throughout), so nobody sees an entry of the batch before all of them
-    /// are in redb. An entry whose request failed changed nothing and needs no undo: every
+    /// in the same transaction. The store's readers wait until [`WriteTxn::commit`] (the write
+    /// lock is held throughout), so nobody sees an entry of the batch before all of them are
+    /// applied. An entry whose request failed changed nothing and needs no undo: every
     /// check runs before the first change.
     pub fn next_entry(&mut self, consistent_index: u64) {
         assert!(
@@ -573,35 +673,55 @@ impl WriteTxn<'_> {
         self.consistent_index = consistent_index;
     }
 
-    /// Ends the transaction; returns the store's revision after it. With `durable`, the redb
+    /// Ends the transaction; returns the store's revision after it. Key changes stay in memory
+    /// until a commit is due ([`Store::flush_if_full`]); lease, membership and auth changes, and
+    /// `durable`, commit to redb now, with every record in memory. With `durable`, the redb
     /// state reaches disk before this returns.
-    pub fn commit(mut self, durable: bool) -> Result<i64, MvccError> {
-        self.flush()?;
-        self.state.consistent_index = self.consistent_index;
-        if self.changes > 0 {
-            self.state.current_revision = self.begin_revision + 1;
+    pub fn commit(self, durable: bool) -> Result<i64, MvccError> {
+        let WriteTxn {
+            mut state,
+            store,
+            txn,
+            begin_revision,
+            changes,
+            lease_changes,
+            member_changes,
+            auth_changes,
+            consistent_index,
+            ..
+        } = self;
+        state.consistent_index = consistent_index;
+        if changes > 0 {
+            state.current_revision = begin_revision + 1;
         }
-        if self.changes > 0
-            || self.batch_changes
-            || self.lease_changes
-            || self.member_changes
-            || self.auth_changes
-            || durable
-        {
-            if durable {
-                self.txn.set_durability(Durability::Immediate)?;
+        let revision = state.current_revision;
+        if lease_changes || member_changes || auth_changes || durable {
+            let mut txn = match txn.into_inner() {
+                Some(txn) => txn,
+                None => store.db.begin_write()?,
+            };
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
+            insert_unflushed(&txn, &state.unflushed)?;
+            write_meta(&txn, &state)?;
+            txn.commit()?;
+            state.unflushed.clear();
+            if auth_changes {
+                state.auth_version += 1;
+                store
+                    .auth_version
+                    .store(state.auth_version, Ordering::Release);
             }
-            write_meta(&self.txn, &self.state)?;
-            self.txn.commit()?;
-            if self.auth_changes {
-                self.state.auth_version += 1;
-                self.auth_version
-                    .store(self.state.auth_version, Ordering::Release);
-            }
-        } else {
-            self.txn.abort()?;
+            return Ok(revision);
         }
-        Ok(self.state.current_revision)
+        if let Some(txn) = txn.into_inner() {
+            // Only read through.
+            txn.abort()?;
+        }
+        Ok(revision)
     }
 }
 
@@ -613,9 +733,12 @@ impl ReadView for WriteTxn<'_> {
         end: RangeEnd<'_>,
         options: &RangeOptions,
     ) -> Result<RangeResult, MvccError> {
-        self.flush()?;
         let (revisions, result) = plan_range(&self.state, self.read_revision(), key, end, options)?;
-        fetch(revisions, result, || Ok(self.txn.open_table(KV)?))
+        let located = locate(&self.state.unflushed, revisions);
+        // Records not in memory were committed before this transaction began.
+        fetch(located, result, || {
+            Ok(self.store.db.begin_read()?.open_table(KV)?)
+        })
     }
 
     fn revision(&self) -> i64 {
@@ -677,12 +800,10 @@ impl Store {
     /// `from` is before the compacted revision.
     pub fn changes(&self, from: i64, changes_max: usize) -> Result<Changes, MvccError> {
         let state = self.read_state();
-        let read = self.db.begin_read()?;
         let current = state.current_revision;
         if from < state.compact_revision {
             return Err(MvccError::Compacted);
         }
-        drop(state);
         let mut result = Changes {
             changes: Vec::new(),
             through_revision: current,
@@ -690,10 +811,14 @@ impl Store {
         if from > current {
             return Ok(result);
         }
-        let table = read.open_table(KV)?;
-        for record in table.range((from, 0)..=(current, i64::MAX))? {
-            let (key, value) = record?;
-            let (main, sub) = key.value();
+        // redb holds everything before the oldest record in memory; the rest is copied out.
+        let held_from = state.unflushed.first().unwrap_or((current + 1, 0));
+        let held: Vec<((i64, i64), SharedRecord)> = state.unflushed.since(from).cloned().collect();
+        let read = ((from, 0) < held_from)
+            .then(|| self.db.begin_read())
+            .transpose()?;
+        drop(state);
+        let mut add = |(main, sub): (i64, i64), bytes: &[u8]| -> Result<bool, MvccError> {
             if result.changes.len() >= changes_max
                 && result
                     .changes
@@ -701,9 +826,9 @@ impl Store {
                     .is_some_and(|last| last.kv.mod_revision != main)
             {
                 result.through_revision = main - 1;
-                break;
+                return Ok(false);
             }
-            let change = match backend::decode((main, sub), value.value())? {
+            let change = match backend::decode((main, sub), bytes)? {
                 Record::Put(kv) => Change {
                     kind: ChangeKind::Put,
                     kv,
@@ -718,6 +843,21 @@ impl Store {
                 },
             };
             result.changes.push(change);
+            Ok(true)
+        };
+        if let Some(read) = read {
+            let table = read.open_table(KV)?;
+            for record in table.range((from, 0)..held_from)? {
+                let (key, value) = record?;
+                if !add(key.value(), value.value())? {
+                    return Ok(result);
+                }
+            }
+        }
+        for (revision, record) in &held {
+            if !add(*revision, record)? {
+                break;
+            }
         }
         Ok(result)
     }
@@ -772,10 +912,9 @@ impl Store {
                 true
             },
         );
+        let located = locate(&state.unflushed, revisions);
         drop(state);
-        let live = fetch(revisions, RangeResult::default(), || {
-            Ok(read.open_table(KV)?)
-        })?;
+        let live = fetch(located, RangeResult::default(), || Ok(read.open_table(KV)?))?;
         for kv in live.kvs {
             if let Some(lease) = leases.get_mut(&kv.lease) {
                 lease.keys.push(kv.key);
@@ -788,7 +927,7 @@ impl Store {
 impl WriteTxn<'_> {
     /// Records a granted lease (or a new TTL for it).
     pub fn grant_lease(&mut self, lease: StoredLease) -> Result<(), MvccError> {
-        self.txn
+        self.redb()?
             .open_table(LEASES)?
             .insert(lease.id, lease.ttl_secs)?;
         self.lease_changes = true;
@@ -797,7 +936,7 @@ impl WriteTxn<'_> {
 
     /// Forgets a lease (its keys are deleted separately, in the same transaction).
     pub fn revoke_lease(&mut self, id: i64) -> Result<(), MvccError> {
-        self.txn.open_table(LEASES)?.remove(id)?;
+        self.redb()?.open_table(LEASES)?.remove(id)?;
         self.lease_changes = true;
         Ok(())
     }
@@ -817,7 +956,6 @@ impl Store {
     /// everywhere), so differing hashes mean diverged data.
     pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
         let state = self.read_state();
-        let read = self.db.begin_read()?;
         let hash_revision = if revision <= 0 {
             state.current_revision
         } else {
@@ -830,6 +968,11 @@ impl Store {
             return Err(MvccError::Compacted);
         }
         let compact_revision = state.compact_revision;
+        if !state.unflushed.is_empty() {
+            // Hashing reads redb alone (it is rare, an operator's check).
+            self.write_unflushed(&state, Durability::None)?;
+        }
+        let read = self.db.begin_read()?;
         drop(state);
         let mut hash = 0u32;
         for record in read.open_table(KV)?.range(..=(hash_revision, i64::MAX))? {
@@ -889,18 +1032,19 @@ impl WriteTxn<'_> {
     /// Records a member's peer URLs and learner flag (it was added, promoted or updated).
     /// Adding a member again clears an earlier removal of the same id.
     pub fn put_member_raft(&mut self, id: u64, member: &[u8]) -> Result<(), MvccError> {
-        self.txn.open_table(MEMBERS_RAFT)?.insert(id, member)?;
-        self.txn.open_table(MEMBERS_REMOVED)?.remove(id)?;
+        let txn = self.redb()?;
+        txn.open_table(MEMBERS_RAFT)?.insert(id, member)?;
+        txn.open_table(MEMBERS_REMOVED)?.remove(id)?;
         self.member_changes = true;
         Ok(())
     }
 
     /// Records that a member left the cluster: its records go, its id is marked removed.
     pub fn remove_member(&mut self, id: u64) -> Result<(), MvccError> {
-        self.txn.open_table(MEMBERS_RAFT)?.remove(id)?;
-        self.txn.open_table(MEMBERS)?.remove(id)?;
-        self.txn
-            .open_table(MEMBERS_REMOVED)?
+        let txn = self.redb()?;
+        txn.open_table(MEMBERS_RAFT)?.remove(id)?;
+        txn.open_table(MEMBERS)?.remove(id)?;
+        txn.open_table(MEMBERS_REMOVED)?
             .insert(id, self.consistent_index)?;
         self.member_changes = true;
         Ok(())
@@ -908,7 +1052,7 @@ impl WriteTxn<'_> {
 
     /// Records what a member published about itself (its name and client URLs).
     pub fn put_member_attributes(&mut self, id: u64, attributes: &[u8]) -> Result<(), MvccError> {
-        self.txn.open_table(MEMBERS)?.insert(id, attributes)?;
+        self.redb()?.open_table(MEMBERS)?.insert(id, attributes)?;
         self.member_changes = true;
         Ok(())
     }

@@ -371,3 +371,162 @@ fn a_durable_sync_does_not_wait_for_readers_nor_block_them() {
     let store = open(&dir);
     assert_eq!((store.revision(), store.consistent_index()), (2, 2));
 }
+
+/// Key changes stay in memory until a commit is due (`Unflushed`): reads at every revision,
+/// watch history and hashes are the same as for a store that commits every write to redb at
+/// once, across the boundary between the two and through a compaction.
+#[test]
+fn writes_held_in_memory_read_the_same_as_committed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let committed = Store::open(&dir.path().join("committed")).unwrap();
+    let held = Store::open(&dir.path().join("held")).unwrap();
+    let mut index = 1;
+    let apply = |index: u64, write: &dyn Fn(&mut WriteTxn<'_>)| {
+        for store in [&committed, &held] {
+            let mut txn = store.write(index).unwrap();
+            write(&mut txn);
+            txn.commit(false).unwrap();
+        }
+        committed.flush().unwrap();
+    };
+    for round in 0..3 {
+        for key in 0..40 {
+            index += 1;
+            apply(index, &|txn| {
+                txn.put(
+                    format!("k{key:02}").as_bytes(),
+                    format!("v{round}").into_bytes(),
+                    0,
+                )
+                .unwrap();
+            });
+        }
+        index += 1;
+        apply(index, &|txn| {
+            txn.delete_range(b"k05", RangeEnd::Before(b"k08")).unwrap();
+        });
+        if round == 1 {
+            // Half of the history reaches redb; the rest stays in memory.
+            held.flush().unwrap();
+        }
+    }
+    // A commit's records are forgotten by the next writer: at most the last write's are left.
+    let in_memory = |store: &Store| store.read_state().unflushed.iter().count();
+    assert!(in_memory(&committed) <= 3);
+    assert_eq!(
+        in_memory(&held),
+        43,
+        "the last round: 40 puts and 3 deletes"
+    );
+    let same = |what: &str| {
+        assert_eq!(committed.revision(), held.revision(), "{what}");
+        assert_eq!(
+            committed.hash_kv(0).unwrap(),
+            held.hash_kv(0).unwrap(),
+            "{what}"
+        );
+        for revision in [0, 2, 41, 42, 80, 83, 100, held.revision()] {
+            let all = |store: &Store| {
+                let options = RangeOptions {
+                    revision,
+                    ..RangeOptions::default()
+                };
+                store.range(b"k", RangeEnd::Before(b"l"), &options)
+            };
+            assert_eq!(
+                all(&committed).ok(),
+                all(&held).ok(),
+                "{what}: at {revision}"
+            );
+        }
+        // Watch history in small steps, across the boundary.
+        let mut from = committed.compact_revision().max(2);
+        while from <= committed.revision() {
+            let a = committed.changes(from, 7).unwrap();
+            let b = held.changes(from, 7).unwrap();
+            assert_eq!(a, b, "{what}: changes from {from}");
+            from = a.through_revision + 1;
+        }
+    };
+    same("before compacting");
+    // A read-write transaction sees history in memory and in redb, and its own changes.
+    index += 1;
+    apply(index, &|txn| {
+        txn.put(b"k00", b"new".to_vec(), 0).unwrap();
+        let read = txn
+            .range(b"k", RangeEnd::Before(b"l"), &RangeOptions::default())
+            .unwrap();
+        assert_eq!(read.kvs.len(), 37);
+        assert_eq!(read.kvs[0].value, b"new");
+        let old = RangeOptions {
+            revision: 10,
+            ..RangeOptions::default()
+        };
+        let read = txn.range(b"k00", RangeEnd::Single, &old).unwrap();
+        assert_eq!(read.kvs[0].value, b"v0");
+    });
+    let revision = committed.revision() - 50;
+    index += 1;
+    committed.compact(revision, index).unwrap();
+    held.compact(revision, index).unwrap();
+    same("after compacting");
+}
+
+/// redb's stored consistent index never names an entry whose records are only in memory: a
+/// store dropped (or crashed) with writes held reopens at its last commit, and the log's
+/// entries after it are applied again.
+#[test]
+fn a_store_dropped_with_writes_in_memory_reopens_at_its_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    put(&store, 2, "a", "1");
+    put(&store, 3, "a", "2");
+    store.sync().unwrap();
+    put(&store, 4, "a", "3");
+    put(&store, 5, "b", "1");
+    assert_eq!(get(&store, "a", 0).unwrap(), Some(("3".into(), 2, 4, 3)));
+    drop(store);
+    let store = open(&dir);
+    assert_eq!((store.consistent_index(), store.revision()), (3, 3));
+    assert_eq!(get(&store, "a", 0).unwrap(), Some(("2".into(), 2, 3, 2)));
+    assert_eq!(get(&store, "b", 0).unwrap(), None);
+}
+
+/// Records in memory are bounded: `flush_if_full` commits a full set to redb, and the next
+/// writer forgets them; a writer that finds them full and not flushed commits them itself.
+#[test]
+fn records_in_memory_reach_redb_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let records = super::unflushed::RECORDS_MAX as u64;
+    for index in 2..2 + records {
+        store.flush_if_full().unwrap();
+        put(&store, index, &format!("k{index}"), "v");
+    }
+    assert_eq!(stored(&store), 0, "not full until the last put");
+    store.flush_if_full().unwrap();
+    assert_eq!(stored(&store), records);
+    put(&store, 2 + records, "last", "v");
+    assert_eq!(store.read_state().unflushed.iter().count(), 1);
+    assert_eq!(get(&store, "k2", 0).unwrap(), Some(("v".into(), 2, 2, 1)));
+    assert_eq!(
+        get(&store, "last", 0).unwrap().unwrap().2,
+        2 + records as i64
+    );
+
+    // Nobody flushes: the writer that finds them full commits them.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for index in 2..3 + records {
+        put(&store, index, &format!("k{index}"), "v");
+    }
+    assert_eq!(stored(&store), records);
+    assert_eq!(store.read_state().unflushed.iter().count(), 1);
+}
+
+/// Records in `kv` as redb holds them (committed).
+fn stored(store: &Store) -> u64 {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let read = store.db.begin_read().unwrap();
+    read.open_table(backend::KV).unwrap().len().unwrap()
+}
