@@ -22,6 +22,7 @@ pub mod range;
 pub mod replica;
 pub mod request;
 pub mod snapshot_transfer;
+pub mod store_sync;
 pub mod telemetry;
 pub mod transport;
 pub mod validate;

@@ -10,7 +10,8 @@
 //!      2. send messages to peers                    (transport: per-peer bounded queues)
 //!      3. apply committed entries to the store      (answer the proposers waiting on them)
 //!      4. answer reads whose read index is applied
-//!      5. advance; now and then make the store durable and compact the log
+//!      5. advance; now and then start a durable store sync (on its own thread,
+//!         `store_sync.rs`) and, once one has finished, compact the log before it
 //! ```
 //!
 //! A single-member cluster runs the same path; it campaigns at start and leads at once.
@@ -39,6 +40,7 @@ use crate::membership::{self, Membership, REMOVED_MESSAGE};
 use crate::raft_log::RaftLog;
 use crate::request::Request;
 use crate::snapshot_transfer::{remove_snapshot_files, snapshot_file};
+use crate::store_sync::StoreSync;
 use crate::telemetry::{EntryTrace, RaftSpans};
 use crate::transport::Transport;
 use crate::watch::Published;
@@ -222,6 +224,11 @@ pub struct Replica {
     applied_since_durable: u64,
     /// Bytes of log entries applied since then.
     applied_bytes_since_durable: u64,
+    /// The durable store syncs, made on a thread of their own.
+    store_sync: StoreSync,
+    /// Log entries to keep for slow followers when the running sync's result releases the
+    /// log (decided when it started, from the entries' sizes then).
+    sync_catch_up_entries: u64,
     /// Entries to apply before the next durable store sync: `durable_every_entries`, except
     /// the first time, when a share that depends on the member id is taken off, so that the
     /// members of a cluster (which apply the same entries) do not all sync at once. A sync
@@ -270,6 +277,7 @@ impl Replica {
             .initial_state()
             .map(|state| (state.hard_state.term, state.hard_state.vote))
             .unwrap_or_default();
+        let store_sync = StoreSync::new(Arc::clone(&store));
         Replica {
             raw_node,
             wal,
@@ -292,6 +300,8 @@ impl Replica {
             parked: VecDeque::new(),
             applied_since_durable: 0,
             applied_bytes_since_durable: 0,
+            store_sync,
+            sync_catch_up_entries: 0,
             durable_after_entries: durable_every_entries - own_id % durable_every_entries.max(1),
             leader: 0,
             removed: false,
@@ -336,7 +346,11 @@ impl Replica {
                 break;
             }
         }
-        if let Err(error) = self.store.sync() {
+        if let Err(error) = self
+            .store_sync
+            .wait()
+            .and_then(|_| self.store.sync().map_err(|error| format!("store: {error}")))
+        {
             tracing::error!(%error, "could not make the store durable at shutdown; the log will be replayed");
         }
         if self.removed {
@@ -1008,7 +1022,12 @@ impl Replica {
 
     /// Makes the store durable every so often, then drops the log it no longer needs (keeping
     /// some for members that fall behind).
+    /// Starts a durable store sync when enough was applied since the last one, and releases
+    /// the log before a finished one's index.
     fn maybe_compact(&mut self) -> Result<(), String> {
+        if let Some(durable) = self.store_sync.finished()? {
+            self.release_log(durable)?;
+        }
         if self.applied_since_durable < self.durable_after_entries
             && self.applied_bytes_since_durable < DURABLE_EVERY_BYTES
         {
@@ -1023,14 +1042,21 @@ impl Replica {
             .catch_up_entries
             .min(CATCH_UP_BYTES_MAX / entry_bytes)
             .max(1);
+        // One sync at a time: while one runs, the counts go on and the next starts after it.
+        if !self.store_sync.start()? {
+            return Ok(());
+        }
+        self.sync_catch_up_entries = catch_up_entries;
         self.applied_since_durable = 0;
         self.applied_bytes_since_durable = 0;
         self.durable_after_entries = self.durable_every_entries;
-        self.store
-            .sync()
-            .map_err(|error| format!("store: {error}"))?;
-        let applied = self.store.consistent_index();
-        let keep_from = applied.saturating_sub(catch_up_entries);
+        Ok(())
+    }
+
+    /// The store is durable up to log entry `applied`: the log before it (but the entries
+    /// kept for slow followers) is released.
+    fn release_log(&mut self, applied: u64) -> Result<(), String> {
+        let keep_from = applied.saturating_sub(self.sync_catch_up_entries);
         let first = self
             .raw_node
             .storage()

@@ -13,7 +13,7 @@
 //! before it can be released.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keel_api::mvccpb::KeyValue;
@@ -91,6 +91,8 @@ pub struct Store {
     /// The newest record in memory that redb has too: the next writer forgets it and those
     /// before it ([`Store::write_unflushed`]).
     flushed_through: Mutex<Option<(i64, i64)>>,
+    /// A durable sync holds redb's writer (see [`Store::sync`]).
+    syncing: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -156,6 +158,7 @@ impl Store {
             state: RwLock::new(state),
             auth_version: AtomicU64::new(0),
             flushed_through: Mutex::new(None),
+            syncing: AtomicBool::new(false),
         })
     }
 
@@ -228,7 +231,7 @@ impl Store {
         if let Some(through) = flushed {
             state.unflushed.remove_through(through);
         }
-        if state.unflushed.is_full() {
+        if state.unflushed.is_over_bound() {
             // Nobody flushed: commit here (readers wait) rather than grow without bound.
             self.write_unflushed(&state, Durability::None)?;
             state.unflushed.clear();
@@ -304,15 +307,36 @@ impl Store {
         state.consistent_index = state.consistent_index.max(consistent_index);
     }
 
-    /// Makes everything committed so far durable.
+    /// Makes everything applied so far durable; returns the consistent index it made durable.
     ///
-    /// Holds the state's read lock, not its write lock: the commit flushes everything written
-    /// since the last sync (an fsync of tens of milliseconds under load), and readers — every
-    /// range, every watch stream asking for the revision — must not wait for it. Writers do
-    /// wait, so the meta written here matches the data it makes durable; the only writer is
-    /// the thread applying the log, which is the one syncing.
-    pub fn sync(&self) -> Result<(), MvccError> {
-        self.commit_unflushed(Durability::Immediate)
+    /// The commit writes out everything written since the last sync (an fsync of milliseconds
+    /// to tens of them under load), and nobody waits for it: the state is read under the read
+    /// lock once redb's writer is held (so no commit can land after what is read), then the
+    /// commit runs without the lock. Writers go on applying into memory meanwhile
+    /// ([`Store::flush_if_full`] waits for the sync to end); only a writer that needs redb
+    /// itself (a lease, membership or auth change) waits for it. So the durable sync can run
+    /// on a thread of its own, beside the thread applying the log.
+    pub fn sync(&self) -> Result<u64, MvccError> {
+        let (mut txn, consistent_index, through) = {
+            // Lock order, everywhere: the state's lock, then redb's writer.
+            let state = self.read_state();
+            let txn = self.db.begin_write()?;
+            self.syncing.store(true, Ordering::Release);
+            insert_unflushed(&txn, &state.unflushed)?;
+            write_meta(&txn, &state)?;
+            (txn, state.consistent_index, state.unflushed.last())
+        };
+        let committed = txn
+            .set_durability(Durability::Immediate)
+            .map_err(MvccError::from)
+            .and_then(|()| Ok(txn.commit()?));
+        self.syncing.store(false, Ordering::Release);
+        committed?;
+        // Only now may the next writer forget them: readers until now had them in memory alone.
+        if let Some(through) = through {
+            self.set_flushed_through(through);
+        }
+        Ok(consistent_index)
     }
 
     /// Commits the applied records still in memory to redb (not durably), so they no longer
@@ -327,8 +351,10 @@ impl Store {
     /// [`Store::flush`] when the records in memory have reached their bound. The applying
     /// thread calls it after answering a batch's proposers, so they do not wait for the commit
     /// (a writer that does not is caught by [`Store::write`], under the write lock).
+    /// While a durable sync runs, the records wait for it (it takes them too, and its commit
+    /// holds redb's writer): the applying thread must not stop for it.
     pub fn flush_if_full(&self) -> Result<(), MvccError> {
-        if !self.read_state().unflushed.is_full() {
+        if self.syncing.load(Ordering::Acquire) || !self.read_state().unflushed.is_full() {
             return Ok(());
         }
         self.commit_unflushed(Durability::None)
@@ -338,6 +364,13 @@ impl Store {
     fn commit_unflushed(&self, durability: Durability) -> Result<(), MvccError> {
         let state = self.read_state();
         self.write_unflushed(&state, durability)
+    }
+
+    fn set_flushed_through(&self, through: (i64, i64)) {
+        *self
+            .flushed_through
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(through);
     }
 
     /// Commits `state`'s records still in memory and its meta to redb; the caller holds the
@@ -355,10 +388,7 @@ impl Store {
         write_meta(&txn, state)?;
         txn.commit()?;
         if let Some(through) = state.unflushed.last() {
-            *self
-                .flushed_through
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(through);
+            self.set_flushed_through(through);
         }
         Ok(())
     }

@@ -493,7 +493,7 @@ fn a_store_dropped_with_writes_in_memory_reopens_at_its_last_commit() {
 }
 
 /// Records in memory are bounded: `flush_if_full` commits a full set to redb, and the next
-/// writer forgets them; a writer that finds them full and not flushed commits them itself.
+/// writer forgets them; a writer that finds them far over that, not flushed, commits them.
 #[test]
 fn records_in_memory_reach_redb_when_full() {
     let dir = tempfile::tempdir().unwrap();
@@ -514,13 +514,14 @@ fn records_in_memory_reach_redb_when_full() {
         2 + records as i64
     );
 
-    // Nobody flushes: the writer that finds them full commits them.
+    // Nobody flushes: the writer that finds them far over their bound commits them.
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    for index in 2..3 + records {
+    let bound = 8 * records;
+    for index in 2..3 + bound {
         put(&store, index, &format!("k{index}"), "v");
     }
-    assert_eq!(stored(&store), records);
+    assert_eq!(stored(&store), bound);
     assert_eq!(store.read_state().unflushed.iter().count(), 1);
 }
 
@@ -529,4 +530,79 @@ fn stored(store: &Store) -> u64 {
     use redb::{ReadableDatabase, ReadableTableMetadata};
     let read = store.db.begin_read().unwrap();
     read.open_table(backend::KV).unwrap().len().unwrap()
+}
+
+/// The durable sync runs beside the applying thread (its commit holds no lock): however it and
+/// the applying thread's own commits interleave, what redb holds is the store as of its stored
+/// consistent index, never records past it nor an index past its records.
+#[test]
+fn a_sync_beside_the_writer_keeps_redb_consistent() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    let done = Arc::new(AtomicBool::new(false));
+    let syncer = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut synced = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                synced.push(store.sync().unwrap());
+            }
+            synced
+        })
+    };
+    // Readers meanwhile find every record, in memory or in redb, and miss no change.
+    let reader = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !done.load(Ordering::Relaxed) {
+                let all = RangeOptions::default();
+                let found = store.range(b"k", RangeEnd::Before(b"l"), &all).unwrap();
+                assert_eq!(found.count, found.kvs.len());
+                let from = (found.revision - 400).max(2);
+                let changes = store.changes(from, 10_000).unwrap();
+                let revisions: Vec<i64> =
+                    changes.changes.iter().map(|c| c.kv.mod_revision).collect();
+                let expected: Vec<i64> = (from..=changes.through_revision).collect();
+                assert_eq!(revisions, expected, "every revision from {from}, once");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let last = 4000;
+    for index in 2..=last {
+        put(
+            &store,
+            index,
+            &format!("k{:03}", index % 300),
+            &index.to_string(),
+        );
+        store.flush_if_full().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let synced = syncer.join().unwrap();
+    assert!(synced.len() > 1, "the syncs ran beside the writes");
+    assert!(
+        synced.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{synced:?}"
+    );
+    assert!(*synced.last().unwrap() <= last);
+    drop(store);
+    let store = open(&dir);
+    let applied = store.consistent_index();
+    assert!(applied >= *synced.last().unwrap());
+    // Entry i is revision i: the index and the records agree.
+    assert_eq!(store.revision(), applied as i64);
+    for residue in 0..300 {
+        let newest = (2..=applied).rev().find(|index| index % 300 == residue);
+        let value = get(&store, &format!("k{residue:03}"), 0).unwrap();
+        assert_eq!(
+            value.map(|(value, ..)| value),
+            newest.map(|index| index.to_string())
+        );
+    }
 }

@@ -19,6 +19,8 @@ pub type SharedRecord = Arc<Vec<u8>>;
 pub const RECORDS_MAX: usize = 256;
 /// Likewise, by size: large values reach redb sooner.
 pub const BYTES_MAX: usize = 4 << 20;
+/// How far past full the records may grow while a commit waits (a durable sync is running).
+const OVER_BOUND: usize = 8;
 
 #[derive(Debug, Default)]
 pub struct Unflushed {
@@ -91,6 +93,12 @@ impl Unflushed {
     pub fn is_full(&self) -> bool {
         self.records.len() >= RECORDS_MAX || self.bytes >= BYTES_MAX
     }
+
+    /// A commit is overdue (nobody made it, or a durable sync has been running for long):
+    /// the next writer makes it, whatever it waits for.
+    pub fn is_over_bound(&self) -> bool {
+        self.records.len() >= OVER_BOUND * RECORDS_MAX || self.bytes >= OVER_BOUND * BYTES_MAX
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +160,7 @@ mod tests {
         assert!(!unflushed.is_full());
         unflushed.push((RECORDS_MAX as i64, 0), vec![0]);
         assert!(unflushed.is_full());
+        assert!(!unflushed.is_over_bound());
         let mut big = Unflushed::default();
         big.push((1, 0), vec![0; BYTES_MAX]);
         assert!(big.is_full());
