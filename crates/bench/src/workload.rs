@@ -524,7 +524,11 @@ async fn run_watch_latency(
             let mut received = 0u64;
             let mut failure = None;
             while received < expected {
+                // Biased, stream first: a response already there is taken without touching
+                // the stop signal (polled in turn, it cost the client a few per cent of its
+                // CPU per response, and the client's decoding is part of every event's latency).
                 let message = tokio::select! {
+                    biased;
                     message = responses.message() => message,
                     _ = stopped.changed() => break,
                 };
