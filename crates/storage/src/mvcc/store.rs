@@ -223,12 +223,7 @@ impl Store {
     /// lock until it is committed or dropped.
     pub fn write(&self, consistent_index: u64) -> Result<WriteTxn<'_>, MvccError> {
         let mut state = self.write_state();
-        let flushed = self
-            .flushed_through
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(through) = flushed {
+        if let Some(through) = self.flushed().take() {
             state.unflushed.remove_through(through);
         }
         if state.unflushed.is_over_bound() {
@@ -367,10 +362,13 @@ impl Store {
     }
 
     fn set_flushed_through(&self, through: (i64, i64)) {
-        *self
-            .flushed_through
+        *self.flushed() = Some(through);
+    }
+
+    fn flushed(&self) -> std::sync::MutexGuard<'_, Option<(i64, i64)>> {
+        self.flushed_through
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(through);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Commits `state`'s records still in memory and its meta to redb; the caller holds the
