@@ -1020,10 +1020,8 @@ impl Replica {
         });
     }
 
-    /// Makes the store durable every so often, then drops the log it no longer needs (keeping
-    /// some for members that fall behind).
-    /// Starts a durable store sync when enough was applied since the last one, and releases
-    /// the log before a finished one's index.
+    /// Starts a durable store sync every so often, and once one has finished drops the log
+    /// the store no longer needs (keeping some for members that fall behind).
     fn maybe_compact(&mut self) -> Result<(), String> {
         if let Some(durable) = self.store_sync.finished()? {
             self.release_log(durable)?;

@@ -317,8 +317,12 @@ impl Store {
             let state = self.read_state();
             let txn = self.db.begin_write()?;
             self.syncing.store(true, Ordering::Release);
-            insert_unflushed(&txn, &state.unflushed)?;
-            write_meta(&txn, &state)?;
+            let taken =
+                insert_unflushed(&txn, &state.unflushed).and_then(|()| write_meta(&txn, &state));
+            if let Err(error) = taken {
+                self.syncing.store(false, Ordering::Release);
+                return Err(error);
+            }
             (txn, state.consistent_index, state.unflushed.last())
         };
         let committed = txn
