@@ -91,8 +91,8 @@ pub struct Store {
     /// The newest record in memory that redb has too: the next writer forgets it and those
     /// before it ([`Store::write_unflushed`]).
     flushed_through: Mutex<Option<(i64, i64)>>,
-    /// A durable sync holds redb's writer (see [`Store::sync`]).
-    syncing: AtomicBool,
+    /// A commit of the records held holds redb's writer (see [`Store::sync`]).
+    committing: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,7 +158,7 @@ impl Store {
             state: RwLock::new(state),
             auth_version: AtomicU64::new(0),
             flushed_through: Mutex::new(None),
-            syncing: AtomicBool::new(false),
+            committing: AtomicBool::new(false),
         })
     }
 
@@ -242,7 +242,6 @@ impl Store {
             store: self,
             txn: std::cell::OnceCell::new(),
             begin_revision,
-            batch_changes: false,
             changes: 0,
             lease_changes: false,
             member_changes: false,
@@ -312,39 +311,16 @@ impl Store {
     /// itself (a lease, membership or auth change) waits for it. So the durable sync can run
     /// on a thread of its own, beside the thread applying the log.
     pub fn sync(&self) -> Result<u64, MvccError> {
-        let (mut txn, consistent_index, through) = {
-            // Lock order, everywhere: the state's lock, then redb's writer.
-            let state = self.read_state();
-            let txn = self.db.begin_write()?;
-            self.syncing.store(true, Ordering::Release);
-            let taken =
-                insert_unflushed(&txn, &state.unflushed).and_then(|()| write_meta(&txn, &state));
-            if let Err(error) = taken {
-                self.syncing.store(false, Ordering::Release);
-                return Err(error);
-            }
-            (txn, state.consistent_index, state.unflushed.last())
-        };
-        let committed = txn
-            .set_durability(Durability::Immediate)
-            .map_err(MvccError::from)
-            .and_then(|()| Ok(txn.commit()?));
-        self.syncing.store(false, Ordering::Release);
-        committed?;
-        // Only now may the next writer forget them: readers until now had them in memory alone.
-        if let Some(through) = through {
-            self.set_flushed_through(through);
-        }
-        Ok(consistent_index)
+        self.commit_held(Durability::Immediate)
     }
 
     /// Commits the applied records still in memory to redb (not durably), so they no longer
-    /// take memory. Readers go on meanwhile, as for [`Store::sync`].
+    /// take memory. Nobody waits for it either, as for [`Store::sync`].
     pub fn flush(&self) -> Result<(), MvccError> {
         if self.read_state().unflushed.is_empty() {
             return Ok(());
         }
-        self.commit_unflushed(Durability::None)
+        self.commit_held(Durability::None).map(drop)
     }
 
     /// [`Store::flush`] when the records in memory have reached their bound. The applying
@@ -353,16 +329,40 @@ impl Store {
     /// While a durable sync runs, the records wait for it (it takes them too, and its commit
     /// holds redb's writer): the applying thread must not stop for it.
     pub fn flush_if_full(&self) -> Result<(), MvccError> {
-        if self.syncing.load(Ordering::Acquire) || !self.read_state().unflushed.is_full() {
+        if self.committing.load(Ordering::Acquire) || !self.read_state().unflushed.is_full() {
             return Ok(());
         }
-        self.commit_unflushed(Durability::None)
+        self.flush()
     }
 
-    /// One redb commit of the records in memory and the meta.
-    fn commit_unflushed(&self, durability: Durability) -> Result<(), MvccError> {
-        let state = self.read_state();
-        self.write_unflushed(&state, durability)
+    /// One redb commit of the records held in memory and the meta, taken under the read lock
+    /// once redb's writer is held; the commit itself runs without the lock. Returns the
+    /// consistent index redb holds after it.
+    fn commit_held(&self, durability: Durability) -> Result<u64, MvccError> {
+        let (mut txn, consistent_index, through) = {
+            // Lock order, everywhere: the state's lock, then redb's writer.
+            let state = self.read_state();
+            let txn = self.db.begin_write()?;
+            self.committing.store(true, Ordering::Release);
+            let taken =
+                insert_unflushed(&txn, &state.unflushed).and_then(|()| write_meta(&txn, &state));
+            if let Err(error) = taken {
+                self.committing.store(false, Ordering::Release);
+                return Err(error);
+            }
+            (txn, state.consistent_index, state.unflushed.last())
+        };
+        let committed = txn
+            .set_durability(durability)
+            .map_err(MvccError::from)
+            .and_then(|()| Ok(txn.commit()?));
+        self.committing.store(false, Ordering::Release);
+        committed?;
+        // Only now may the next writer forget them: readers until now had them in memory alone.
+        if let Some(through) = through {
+            self.set_flushed_through(through);
+        }
+        Ok(consistent_index)
     }
 
     fn set_flushed_through(&self, through: (i64, i64)) {
@@ -600,8 +600,6 @@ pub struct WriteTxn<'a> {
     /// go to the state's [`Unflushed`] records, and need none.
     txn: std::cell::OnceCell<WriteTransaction>,
     begin_revision: i64,
-    /// Earlier entries of the batch changed keys.
-    batch_changes: bool,
     /// Changes so far; the next change's sub revision.
     changes: i64,
     /// Leases granted or revoked: redb must commit with the batch.
@@ -698,7 +696,6 @@ impl WriteTxn<'_> {
         );
         if self.changes > 0 {
             self.state.current_revision = self.begin_revision + 1;
-            self.batch_changes = true;
         }
         self.begin_revision = self.state.current_revision;
         self.changes = 0;
