@@ -10,7 +10,8 @@
 //!  append_entries / append_hard_state / append_snapshot_marker
 //!        │  encode + checksum into the in-memory buffer (bounded by buffer_bytes_max)
 //!        ▼
-//!  sync  ──► one write() of the whole buffer + one fdatasync (group commit)
+//!  sync  ──► one write() of the whole buffer + one fdatasync (group commit); every
+//!        │   128 KiB or so, zeros written ahead of the records ride along (`zeros_ahead`)
 //!        │   then, if the segment reached segment_size_bytes_max, cut a new segment
 //!        ▼
 //!  <dir>/<sequence:016x>-<first_index:016x>.wal   (header, then records)
@@ -45,15 +46,17 @@
 //!   snapshot marker, contiguous.
 //! - **A torn tail is repaired; anything else is refused, untouched.** A record that fails to
 //!   decode at the end of the last segment with nothing valid after it (a short header, a short
-//!   payload, a CRC mismatch, trailing zeros) is a crash mid-write: `open` truncates the file to
-//!   the last good record, fsyncs, logs a warning with the bytes dropped, and succeeds. Damage
+//!   payload, a CRC mismatch) is a crash mid-write: `open` truncates the file to the last good
+//!   record, fsyncs, logs a warning with the bytes dropped, and succeeds. Zeros after the last
+//!   record are the end of the log (segments are written full of zeros ahead of their records)
+//!   and stay, for appends to overwrite. Damage
 //!   anywhere else returns `WalError::Corrupt` naming the file and offset, and `open` modifies
 //!   nothing on disk.
 //! - **Every buffer is bounded**: the append buffer (`buffer_bytes_max`, past which an append
 //!   syncs), a record (64 MiB), a segment file read at open (2 GiB).
 //!
 //! Deliberately absent: Raft rules (who may write what), locking against a second process
-//! opening the same directory, and preallocation of segment files.
+//! opening the same directory.
 
 // The on-disk format must never depend on the host's byte order.
 #![deny(clippy::host_endian_bytes)]
@@ -61,6 +64,7 @@
 
 mod error;
 mod format;
+mod prepare;
 mod replay;
 mod segment;
 #[cfg(test)]
@@ -115,6 +119,8 @@ pub struct Replay {
 const MIB: u64 = 1024 * 1024;
 const SEGMENT_SIZE_BYTES_MAX_LIMIT: u64 = 1024 * MIB;
 const BUFFER_BYTES_MAX_LIMIT: usize = 256 * 1024 * 1024;
+/// How far past its records the writer keeps the active segment written with zeros.
+const ZERO_AHEAD_BYTES: u64 = 256 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalOptions {
@@ -168,6 +174,10 @@ pub struct Wal {
     active_file: Box<dyn SegmentFile>,
     /// Bytes of the active segment already written and synced.
     active_bytes: u64,
+    /// The active segment's bytes known to be written, records or zeros (see `zeros_ahead`).
+    written_bytes: u64,
+    /// The next segment's file, zero-filled ahead of the cut.
+    preparer: prepare::Preparer,
     /// Encoded records not yet written.
     buffer: Vec<u8>,
     /// The chain value of the last record encoded (in the buffer or on disk).
@@ -238,7 +248,23 @@ impl Wal {
         };
         let (header_bytes, chain_seed) = header.encode();
         let file = segment::create(dir, name, &header_bytes)?;
-        segment::preallocate(&file, options.segment_size_bytes_max);
+        // The first segment is written full of zeros here and now (~50 ms for 64 MiB), once in
+        // a member's life; later ones are prepared on a thread (`prepare.rs`).
+        let header_len = header_bytes.len() as u64;
+        let zeroed = segment::write_zeros(
+            &file,
+            header_len,
+            options.segment_size_bytes_max.saturating_sub(header_len),
+        )
+        .and_then(|()| file.sync_all());
+        let written_bytes = match zeroed {
+            Ok(()) => options.segment_size_bytes_max.max(header_len),
+            Err(error) => {
+                tracing::debug!(%error, "cannot zero the first WAL segment; preallocating it");
+                segment::preallocate(&file, options.segment_size_bytes_max);
+                header_len
+            }
+        };
         tracing::info!(dir = %dir.display(), "created WAL");
         Ok(Wal {
             dir: dir.to_owned(),
@@ -246,6 +272,8 @@ impl Wal {
             segments: vec![name],
             active_file: Box::new(file),
             active_bytes: SEGMENT_HEADER_BYTES as u64,
+            written_bytes,
+            preparer: prepare::Preparer::default(),
             buffer: Vec::new(),
             crc_last: chain_seed,
             position: LogPosition {
@@ -306,13 +334,14 @@ impl Wal {
             .map_err(WalError::io(&active_path))?;
         if let Some(torn_tail) = &verified.torn_tail {
             if torn_tail.zeros {
-                // Most likely the preallocated rest of the segment (or a write that grew the
-                // file but never landed): nothing was lost either way.
+                // Most likely the zeroed or preallocated rest of the segment (or a write that
+                // grew the file but never landed): nothing was lost either way, and appends
+                // overwrite them, so they stay.
                 tracing::debug!(
                     segment = %active_path.display(),
                     offset = verified.valid_bytes,
                     zero_bytes = torn_tail.dropped_bytes,
-                    "WAL ends in zeros; truncating them"
+                    "WAL ends in zeros"
                 );
             } else {
                 tracing::warn!(
@@ -322,11 +351,11 @@ impl Wal {
                     reason = %torn_tail.reason,
                     "WAL ends in a torn write; truncating it"
                 );
+                active_file
+                    .set_len(verified.valid_bytes)
+                    .and_then(|()| active_file.sync_all())
+                    .map_err(WalError::io(&active_path))?;
             }
-            active_file
-                .set_len(verified.valid_bytes)
-                .and_then(|()| active_file.sync_all())
-                .map_err(WalError::io(&active_path))?;
         }
         active_file
             .seek(SeekFrom::Start(verified.valid_bytes))
@@ -342,6 +371,9 @@ impl Wal {
             segments: listing.segments,
             active_file: Box::new(active_file),
             active_bytes: verified.valid_bytes,
+            // Whether the rest was written or only allocated is not known; zero it again.
+            written_bytes: verified.valid_bytes,
+            preparer: prepare::Preparer::default(),
             buffer: Vec::new(),
             crc_last: verified.crc_last,
             position: state.position,
@@ -495,11 +527,25 @@ impl Wal {
             return Ok(());
         }
         let path = self.active_path();
+        let end = self.active_bytes + self.buffer.len() as u64;
+        let zeros = self.zeros_ahead(end);
         self.active_file
             .write_all(&self.buffer)
+            .and_then(|()| match zeros {
+                Some((offset, bytes)) => self.active_file.write_zeros_at(offset, bytes),
+                None => Ok(()),
+            })
             .and_then(|()| self.active_file.sync_data())
             .map_err(WalError::io(path))?;
-        self.active_bytes += self.buffer.len() as u64;
+        self.active_bytes = end;
+        self.written_bytes = self.written_bytes.max(end);
+        if let Some((offset, bytes)) = zeros {
+            self.written_bytes = offset + bytes;
+        }
+        if self.active_bytes >= self.options.segment_size_bytes_max / 2 {
+            self.preparer
+                .start(&self.dir, self.options.segment_size_bytes_max);
+        }
         self.buffer.clear();
         // One huge record mustn't pin its allocation forever.
         if self.buffer.capacity() > 2 * self.options.buffer_bytes_max {
@@ -509,6 +555,25 @@ impl Wal {
             self.cut()?;
         }
         Ok(())
+    }
+
+    /// The zeros to write with the records that end at `end`: a stretch of up to
+    /// `ZERO_AHEAD_BYTES` past them once less than half of that is left written ahead.
+    ///
+    /// Why: a preallocated block is an "unwritten" extent to ext4, and the first write into one
+    /// changes the extent tree, which the fdatasync must then commit through the journal: with
+    /// every small append landing in fresh blocks, that was every fsync. Written ahead in
+    /// stretches, the journal commit comes once per stretch and the fsyncs between overwrite
+    /// written blocks (a probe here: 2.4 KB appends, fdatasync p50 ~210 → ~130–150 µs, p90
+    /// ~280 → ~150–190 µs). A larger stretch makes the one fsync that carries it slower.
+    fn zeros_ahead(&self, end: u64) -> Option<(u64, u64)> {
+        let limit = self.options.segment_size_bytes_max;
+        if self.written_bytes >= end + ZERO_AHEAD_BYTES / 2 || end >= limit {
+            return None;
+        }
+        let from = self.written_bytes.max(end);
+        let to = (end + ZERO_AHEAD_BYTES).min(limit);
+        (to > from).then(|| (from, to - from))
     }
 
     /// Starts a new segment. The current one must be fully synced.
@@ -540,15 +605,25 @@ impl Wal {
         self.active_file
             .finish(self.active_bytes)
             .map_err(WalError::io(previous_path))?;
-        let file = segment::create(&self.dir, name, &contents)?;
-        segment::preallocate(&file, self.options.segment_size_bytes_max);
+        let (file, written_bytes) = if let Some(prepared) = self.preparer.take_ready() {
+            (
+                segment::install(&self.dir, name, &contents, prepared)?,
+                self.options.segment_size_bytes_max,
+            )
+        } else {
+            let file = segment::create(&self.dir, name, &contents)?;
+            segment::preallocate(&file, self.options.segment_size_bytes_max);
+            (file, contents.len() as u64)
+        };
         tracing::debug!(
             segment = %name.file_name(),
             previous_bytes = self.active_bytes,
+            prepared = written_bytes > contents.len() as u64,
             "cut WAL segment"
         );
         self.active_file = Box::new(file);
         self.active_bytes = contents.len() as u64;
+        self.written_bytes = written_bytes.max(self.active_bytes);
         self.crc_last = crc;
         self.segments.push(name);
         Ok(())

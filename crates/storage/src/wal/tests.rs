@@ -155,6 +155,10 @@ impl SegmentFile for FaultyFile {
         }
     }
 
+    fn write_zeros_at(&mut self, offset: u64, bytes: u64) -> io::Result<()> {
+        self.inner.write_zeros_at(offset, bytes)
+    }
+
     fn finish(&mut self, bytes: u64) -> io::Result<()> {
         self.inner.finish(bytes)
     }
@@ -169,6 +173,10 @@ impl SegmentFile for Detached {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        unreachable!("detached segment file")
+    }
+
+    fn write_zeros_at(&mut self, _: u64, _: u64) -> io::Result<()> {
         unreachable!("detached segment file")
     }
 
@@ -580,16 +588,22 @@ fn trailing_zeros_are_the_end_of_the_log() {
     drop(wal);
     let path = segment_paths(dir.path()).remove(0);
     let mut bytes = std::fs::read(&path).unwrap();
-    let length_good = bytes.len();
+    let (start, length) = *record_extents(&bytes).last().unwrap();
+    let length_good = start + length;
+    bytes.truncate(length_good);
     bytes.resize(length_good + 4096, 0);
     std::fs::write(&path, &bytes).unwrap();
 
-    let (_, replay) = open(dir.path(), options());
+    let (mut wal, replay) = open(dir.path(), options());
     assert_eq!(replay.entries, entries(1, 1..=4));
-    // Cut back to the records, then preallocated again to the segment size.
+    // The zeros stay for appends to overwrite, and the rest is preallocated to the segment size.
     let reopened = std::fs::read(&path).unwrap();
     assert_eq!(reopened.len() as u64, options().segment_size_bytes_max);
     assert_eq!(reopened[..length_good], bytes[..length_good]);
+    assert!(reopened[length_good..].iter().all(|&byte| byte == 0));
+    append_synced(&mut wal, 1, 5..=6, 1);
+    drop(wal);
+    assert_eq!(open(dir.path(), options()).1.entries, entries(1, 1..=6));
 }
 
 /// Guards the cheaper fdatasync (see `segment::preallocate`): the segment being written is
@@ -847,4 +861,154 @@ fn failed_write_poisons_the_wal() {
         "{error}"
     );
     assert_poisoned(&mut wal);
+}
+
+// ---- zeros written ahead ----------------------------------------------------------------------
+
+/// Records the stretches of zeros the writer asks for, passing every call on.
+struct ZeroLog {
+    inner: Box<dyn SegmentFile>,
+    zeros: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+}
+
+impl SegmentFile for ZeroLog {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+
+    fn write_zeros_at(&mut self, offset: u64, bytes: u64) -> io::Result<()> {
+        self.zeros.lock().unwrap().push((offset, bytes));
+        self.inner.write_zeros_at(offset, bytes)
+    }
+
+    fn finish(&mut self, bytes: u64) -> io::Result<()> {
+        self.inner.finish(bytes)
+    }
+}
+
+/// Guards against zeros written over records (the log would lose them at the next open), past
+/// the end of the segment, or at every sync (each would cost an fsync its time), and against
+/// fsyncs that land in never-written blocks (each commits ext4's journal: the reason for them).
+#[test]
+fn zeros_are_written_ahead_of_the_records_in_stretches() {
+    let dir = TempDir::new().unwrap();
+    let options = WalOptions {
+        segment_size_bytes_max: 1024 * 1024,
+        ..WalOptions::default()
+    };
+    // A reopened segment: whether its rest was written before is not known, so the writer
+    // zeros ahead (a new segment is written full of zeros, see the next test).
+    let mut wal = create(dir.path(), options.clone());
+    append_synced(&mut wal, 1, 1..=1, 1);
+    drop(wal);
+    let (mut wal, _) = open(dir.path(), options.clone());
+    let zeros = std::sync::Arc::default();
+    let inner = std::mem::replace(&mut wal.active_file, Box::new(Detached));
+    wal.active_file = Box::new(ZeroLog {
+        inner,
+        zeros: std::sync::Arc::clone(&zeros),
+    });
+    // ~1,000-byte entries, one sync each, up to about three quarters of the segment.
+    let big = |index| Entry {
+        term: 1,
+        index,
+        data: vec![7; 1000],
+    };
+    let mut ends = Vec::new();
+    for index in 2..=750 {
+        wal.append_entries(&[big(index)]).unwrap();
+        wal.sync().unwrap();
+        ends.push(wal.active_bytes);
+        assert!(
+            wal.written_bytes >= wal.active_bytes,
+            "records past the written stretch"
+        );
+    }
+    let zeros = zeros.lock().unwrap().clone();
+    let first_end = ends[0];
+    assert_eq!(zeros[0], (first_end, super::ZERO_AHEAD_BYTES));
+    // Contiguous stretches, each starting where the last ended, never at the records' end
+    // again before half the stretch is used: a few writes, not 750.
+    for pair in zeros.windows(2) {
+        assert_eq!(pair[0].0 + pair[0].1, pair[1].0, "{zeros:?}");
+    }
+    assert!(zeros.len() <= 8, "{} stretches of zeros", zeros.len());
+    let last = zeros.last().unwrap();
+    assert!(last.0 + last.1 <= options.segment_size_bytes_max);
+
+    // Past the segment's size the writer cuts, and the new segment starts over.
+    append_synced(&mut wal, 1, 751..=1200, 1);
+    let (_, replay) = open(dir.path(), options);
+    assert_eq!(replay.entries.len(), 1200);
+    assert_eq!(replay.entries[0], entry(1, 1));
+    assert_eq!(replay.entries[749], big(750));
+    assert_eq!(replay.entries[1199], entry(1, 1200));
+}
+
+/// Guards against segments whose blocks are only allocated (every fsync into them commits
+/// ext4's journal), against a cut that waits for the next segment's zeros, and against a
+/// prepared file mistaken for a segment or left behind.
+#[test]
+fn segments_are_written_full_of_zeros_and_the_next_one_prepared() {
+    let dir = TempDir::new().unwrap();
+    let options = WalOptions {
+        segment_size_bytes_max: 256 * 1024,
+        ..WalOptions::default()
+    };
+    let mut wal = create(dir.path(), options.clone());
+    let first = segment_paths(dir.path()).remove(0);
+    let bytes = std::fs::read(&first).unwrap();
+    assert_eq!(bytes.len() as u64, options.segment_size_bytes_max);
+    assert_eq!(wal.written_bytes, options.segment_size_bytes_max);
+
+    // Half full: the next segment's file is being prepared.
+    let big = |index| Entry {
+        term: 1,
+        index,
+        data: vec![7; 1000],
+    };
+    let mut index = 0;
+    while wal.active_bytes < options.segment_size_bytes_max / 2 {
+        index += 1;
+        wal.append_entries(&[big(index)]).unwrap();
+        wal.sync().unwrap();
+    }
+    while !wal.preparer.finished().expect("preparing the next segment") {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let prepared = dir.path().join(super::prepare::PREPARED_FILE_NAME);
+    assert_eq!(
+        std::fs::metadata(&prepared).unwrap().len(),
+        options.segment_size_bytes_max
+    );
+
+    // The cut takes it: the new segment is the prepared file, renamed, its first bytes the
+    // header; the writer needs no zeros ahead in it.
+    while segment_paths(dir.path()).len() == 1 {
+        index += 1;
+        wal.append_entries(&[big(index)]).unwrap();
+        wal.sync().unwrap();
+    }
+    assert!(!prepared.exists(), "the prepared file was not taken");
+    assert_eq!(wal.written_bytes, options.segment_size_bytes_max);
+    let second = segment_paths(dir.path()).remove(1);
+    assert_eq!(
+        std::fs::metadata(&second).unwrap().len(),
+        options.segment_size_bytes_max
+    );
+    index += 1;
+    wal.append_entries(&[big(index)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+
+    // A prepared file a crash left behind is removed at open, not read as a segment.
+    std::fs::write(&prepared, vec![0; 4096]).unwrap();
+    let (_, replay) = open(dir.path(), options);
+    assert_eq!(replay.entries.len() as u64, index);
+    assert_eq!(replay.entries.last(), Some(&big(index)));
+    assert!(!prepared.exists());
 }
