@@ -1069,12 +1069,13 @@ impl Replica {
             .storage()
             .term(compact_to)
             .map_err(|error| format!("raft log: {error:?}"))?;
+        // The marker is synced only if segments go (`release_before`); otherwise with the
+        // next Ready: an fsync here, every durable store sync, stalled every proposal.
         self.wal
             .append_snapshot_marker(&SnapshotMarker {
                 term,
                 index: compact_to,
             })
-            .and_then(|()| self.wal.sync())
             .and_then(|()| self.wal.release_before(keep_from))
             .map_err(|error| format!("compacting the log: {error}"))?;
         let conf_state = self.raw_node.conf_state();

@@ -475,12 +475,17 @@ impl Wal {
 
     /// Deletes, oldest first, whole segments whose entries all have index below `index`,
     /// because a state-machine snapshot made them unnecessary. Never deletes the segment being
-    /// written.
+    /// written. Before it deletes any, it syncs what was appended (the snapshot marker that
+    /// says why they may go); when it deletes none, what was appended waits for the next
+    /// `sync` (a marker lost in a crash only means more entries to replay).
     ///
     /// # Errors
     /// `Io` on any I/O failure, after which the `Wal` is poisoned; `Poisoned`.
     pub fn release_before(&mut self, index: u64) -> Result<(), WalError> {
         self.check_poisoned()?;
+        if self.segments.len() >= 2 && self.segments[1].first_index <= index {
+            self.sync()?;
+        }
         // A segment's entries are all below the next segment's first index.
         while self.segments.len() >= 2 && self.segments[1].first_index <= index {
             let path = self.dir.join(self.segments[0].file_name());

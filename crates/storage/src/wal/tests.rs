@@ -433,6 +433,39 @@ fn only_a_sync_that_writes_can_cut_a_segment() {
     assert_eq!(replay.entries, entries(1, 1..=3));
 }
 
+/// Guards against segments deleted before the marker that allows it is durable (a crash would
+/// leave a log that starts at a gap), and against an fsync for a marker that deletes nothing
+/// (the replica thread made one per durable store sync, stalling every proposal).
+#[test]
+fn release_before_syncs_the_marker_only_when_it_deletes_segments() {
+    let dir = TempDir::new().unwrap();
+    let mut wal = create(dir.path(), options_small_segments());
+    append_synced(&mut wal, 1, 1..=30, 2);
+    let segments = segment_paths(dir.path()).len();
+    assert!(segments >= 3, "test needs several segments");
+
+    // Nothing to delete below index 2: the marker stays buffered.
+    wal.append_snapshot_marker(&SnapshotMarker { term: 1, index: 1 })
+        .unwrap();
+    wal.release_before(2).unwrap();
+    assert!(
+        !wal.buffer.is_empty(),
+        "synced a marker that deleted nothing"
+    );
+    assert_eq!(segment_paths(dir.path()).len(), segments);
+
+    // Segments to delete: the marker is made durable first.
+    wal.append_snapshot_marker(&SnapshotMarker { term: 1, index: 20 })
+        .unwrap();
+    wal.release_before(21).unwrap();
+    assert!(wal.buffer.is_empty());
+    assert!(segment_paths(dir.path()).len() < segments);
+    drop(wal);
+    let (_, replay) = open(dir.path(), options_small_segments());
+    assert_eq!(replay.snapshot, Some(SnapshotMarker { term: 1, index: 20 }));
+    assert_eq!(replay.entries, entries(1, 21..=30));
+}
+
 /// Guards against `release_before` deleting entries still needed, deleting the active segment,
 /// or losing the hard state and snapshot marker that only older segments recorded.
 #[test]
