@@ -9,18 +9,26 @@
 //!
 //! ```text
 //!  replica thread ──start()──▶ [1] ──▶ keel-store-sync: Store::sync() ──▶ [1] ──finished()──▶ release the log
+//!                                      └ between syncs, every 50 ms: Store::start_writeback()
 //! ```
+//!
+//! Between syncs the thread starts the writeback of the pages commits left dirty
+//! ([`Store::start_writeback`]), so that a durable sync finds little left to write.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use keel_storage::mvcc::{MvccError, Store};
+
+/// How often the thread starts writing back what commits left dirty, while entries are applied.
+const WRITEBACK_EVERY: Duration = Duration::from_millis(50);
 
 /// Starts durable syncs of `store` on its thread, one at a time, and hands back their results.
 pub struct StoreSync {
     store: Arc<Store>,
-    /// Started by the first sync.
+    /// Started with the first call that needs it, if not at `new`.
     worker: Option<Worker>,
     /// A sync was started and its result not yet taken.
     running: bool,
@@ -35,9 +43,14 @@ struct Worker {
 
 impl StoreSync {
     pub fn new(store: Arc<Store>) -> StoreSync {
+        // Started now for the writeback between syncs; failing here only loses that, and
+        // `start` tries again (and reports the error).
+        let worker = Worker::spawn(Arc::clone(&store))
+            .inspect_err(|error| tracing::warn!(%error, "store sync thread"))
+            .ok();
         StoreSync {
             store,
-            worker: None,
+            worker,
             running: false,
         }
     }
@@ -96,9 +109,25 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("keel-store-sync".into())
             .spawn(move || {
-                for () in asked {
-                    if answer.send(store.sync()).is_err() {
-                        break;
+                let mut written_back_through = store.consistent_index();
+                loop {
+                    match asked.recv_timeout(WRITEBACK_EVERY) {
+                        Ok(()) => {
+                            if answer.send(store.sync()).is_err() {
+                                break;
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            // Only while entries are applied: an idle member makes no call.
+                            let applied = store.consistent_index();
+                            if applied != written_back_through {
+                                written_back_through = applied;
+                                if let Err(error) = store.start_writeback() {
+                                    tracing::debug!(%error, "store writeback");
+                                }
+                            }
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
             })

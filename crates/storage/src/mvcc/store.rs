@@ -93,6 +93,8 @@ pub struct Store {
     flushed_through: Mutex<Option<(i64, i64)>>,
     /// A commit of the records held holds redb's writer (see [`Store::sync`]).
     committing: AtomicBool,
+    /// The database file, opened again for [`Store::start_writeback`] (None if it could not be).
+    pub(super) writeback_file: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Store {
@@ -153,13 +155,42 @@ impl Store {
             keys = state.index.len(),
             "mvcc store opened"
         );
+        let writeback_file = std::fs::File::open(path)
+            .inspect_err(|error| tracing::debug!(%error, "cannot open the store for writeback"))
+            .ok();
         Ok(Store {
             db,
             state: RwLock::new(state),
             auth_version: AtomicU64::new(0),
             flushed_through: Mutex::new(None),
             committing: AtomicBool::new(false),
+            writeback_file,
         })
+    }
+
+    /// Starts writing the pages that commits left dirty in the OS's cache to the disk, without
+    /// waiting for them or flushing the disk's own cache (Linux's `sync_file_range` with
+    /// `SYNC_FILE_RANGE_WRITE`). Durability is unchanged: only [`Store::sync`] makes anything
+    /// durable.
+    ///
+    /// Why: commits without durability (one per 256 records) leave their pages dirty, and the
+    /// kernel writes them back only after 30 s. A durable sync (every 5,000 entries under
+    /// load) then had all of them to write and flush at once, while every member's WAL fsync
+    /// on the shared disk waited behind it: WAL fsyncs of up to ~10 ms were seen. Started every
+    /// 50 ms, the same writes go out in smaller pieces.
+    pub fn start_writeback(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(file) = &self.writeback_file else {
+            return Ok(());
+        };
+        // SAFETY: a plain system call on a descriptor this store owns; it reads no memory.
+        let result =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     pub(super) fn read_state(&self) -> RwLockReadGuard<'_, State> {

@@ -525,6 +525,32 @@ fn records_in_memory_reach_redb_when_full() {
     assert_eq!(store.read_state().unflushed.iter().count(), 1);
 }
 
+/// Guards against a writeback that fails on the store's own file (it would be skipped
+/// silently in the sync thread) or that changes what the store holds.
+#[test]
+fn writeback_of_committed_pages_changes_nothing_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert!(
+        store.writeback_file.is_some(),
+        "the file opened for writeback"
+    );
+    let records = super::unflushed::RECORDS_MAX as u64;
+    for index in 2..2 + records {
+        put(&store, index, &format!("k{index}"), "v");
+    }
+    store.flush_if_full().unwrap();
+    assert_eq!(stored(&store), records, "committed, not durable");
+    store.start_writeback().unwrap();
+    assert_eq!(get(&store, "k2", 0).unwrap(), Some(("v".into(), 2, 2, 1)));
+    store.sync().unwrap();
+    store.start_writeback().unwrap();
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(stored(&store), records);
+    assert_eq!(store.consistent_index(), 1 + records);
+}
+
 /// Records in `kv` as redb holds them (committed).
 fn stored(store: &Store) -> u64 {
     use redb::{ReadableDatabase, ReadableTableMetadata};
