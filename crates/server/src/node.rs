@@ -510,6 +510,11 @@ impl Node {
         })
     }
 
+    /// How loaded this member's write path is, for its polling threads (`busy_poll.rs`).
+    pub fn write_path_load(&self) -> &crate::busy_poll::Load {
+        &self.shared.load
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
