@@ -214,12 +214,7 @@ mod tests {
         assert!(load.is_light(), "decided only when the window ends");
         meter.appended(5, start + LOAD_WINDOW, &load);
         assert!(!load.is_light());
-        let mut calls = 0;
-        let value: Option<()> = load.poll(Duration::from_secs(10), || {
-            calls += 1;
-            None
-        });
-        assert_eq!((value, calls), (None, 1), "tried once, not polled");
+        assert_tried_once_not_polled(&load);
         // A quiet window: light again.
         let quiet_end = start + LOAD_WINDOW * 2 + Duration::from_millis(1);
         meter.appended(1, quiet_end, &load);
@@ -237,18 +232,22 @@ mod tests {
 
     /// Guards against a hold-off that never ends (the single-client put path would lose its
     /// polling for good) or that does not stop polling while it lasts.
-    #[test]
-    fn a_hold_off_stops_polling_until_it_ends() {
-        let load = Load::default();
-        assert!(load.is_light());
-        load.hold_off(Duration::from_millis(50));
-        assert!(!load.is_light());
+    fn assert_tried_once_not_polled(load: &Load) {
         let mut calls = 0;
         let value: Option<()> = load.poll(Duration::from_secs(10), || {
             calls += 1;
             None
         });
         assert_eq!((value, calls), (None, 1), "tried once, not polled");
+    }
+
+    #[test]
+    fn a_hold_off_stops_polling_until_it_ends() {
+        let load = Load::default();
+        assert!(load.is_light());
+        load.hold_off(Duration::from_millis(50));
+        assert!(!load.is_light());
+        assert_tried_once_not_polled(&load);
         // A shorter hold-off does not cut a longer one short.
         load.hold_off(Duration::ZERO);
         assert!(!load.is_light());

@@ -898,6 +898,22 @@ fn failed_write_poisons_the_wal() {
 
 // ---- zeros written ahead ----------------------------------------------------------------------
 
+fn options_with_segment_bytes(bytes: u64) -> WalOptions {
+    WalOptions {
+        segment_size_bytes_max: bytes,
+        ..WalOptions::default()
+    }
+}
+
+/// An entry of ~1,000 bytes, so that a few hundred fill a test segment.
+fn entry_1k(index: u64) -> Entry {
+    Entry {
+        term: 1,
+        index,
+        data: vec![7; 1000],
+    }
+}
+
 /// Records the stretches of zeros the writer asks for, passing every call on.
 struct ZeroLog {
     inner: Box<dyn SegmentFile>,
@@ -929,10 +945,7 @@ impl SegmentFile for ZeroLog {
 #[test]
 fn zeros_are_written_ahead_of_the_records_in_stretches() {
     let dir = TempDir::new().unwrap();
-    let options = WalOptions {
-        segment_size_bytes_max: 1024 * 1024,
-        ..WalOptions::default()
-    };
+    let options = options_with_segment_bytes(1024 * 1024);
     // A reopened segment: whether its rest was written before is not known, so the writer
     // zeros ahead (a new segment is written full of zeros, see the next test).
     let mut wal = create(dir.path(), options.clone());
@@ -946,14 +959,9 @@ fn zeros_are_written_ahead_of_the_records_in_stretches() {
         zeros: std::sync::Arc::clone(&zeros),
     });
     // ~1,000-byte entries, one sync each, up to about three quarters of the segment.
-    let big = |index| Entry {
-        term: 1,
-        index,
-        data: vec![7; 1000],
-    };
     let mut ends = Vec::new();
     for index in 2..=750 {
-        wal.append_entries(&[big(index)]).unwrap();
+        wal.append_entries(&[entry_1k(index)]).unwrap();
         wal.sync().unwrap();
         ends.push(wal.active_bytes);
         assert!(
@@ -978,7 +986,7 @@ fn zeros_are_written_ahead_of_the_records_in_stretches() {
     let (_, replay) = open(dir.path(), options);
     assert_eq!(replay.entries.len(), 1200);
     assert_eq!(replay.entries[0], entry(1, 1));
-    assert_eq!(replay.entries[749], big(750));
+    assert_eq!(replay.entries[749], entry_1k(750));
     assert_eq!(replay.entries[1199], entry(1, 1200));
 }
 
@@ -988,10 +996,7 @@ fn zeros_are_written_ahead_of_the_records_in_stretches() {
 #[test]
 fn segments_are_written_full_of_zeros_and_the_next_one_prepared() {
     let dir = TempDir::new().unwrap();
-    let options = WalOptions {
-        segment_size_bytes_max: 256 * 1024,
-        ..WalOptions::default()
-    };
+    let options = options_with_segment_bytes(256 * 1024);
     let mut wal = create(dir.path(), options.clone());
     let first = segment_paths(dir.path()).remove(0);
     let bytes = std::fs::read(&first).unwrap();
@@ -999,15 +1004,10 @@ fn segments_are_written_full_of_zeros_and_the_next_one_prepared() {
     assert_eq!(wal.written_bytes, options.segment_size_bytes_max);
 
     // Half full: the next segment's file is being prepared.
-    let big = |index| Entry {
-        term: 1,
-        index,
-        data: vec![7; 1000],
-    };
     let mut index = 0;
     while wal.active_bytes < options.segment_size_bytes_max / 2 {
         index += 1;
-        wal.append_entries(&[big(index)]).unwrap();
+        wal.append_entries(&[entry_1k(index)]).unwrap();
         wal.sync().unwrap();
     }
     while !wal.preparer.finished().expect("preparing the next segment") {
@@ -1023,7 +1023,7 @@ fn segments_are_written_full_of_zeros_and_the_next_one_prepared() {
     // header; the writer needs no zeros ahead in it.
     while segment_paths(dir.path()).len() == 1 {
         index += 1;
-        wal.append_entries(&[big(index)]).unwrap();
+        wal.append_entries(&[entry_1k(index)]).unwrap();
         wal.sync().unwrap();
     }
     assert!(!prepared.exists(), "the prepared file was not taken");
@@ -1034,7 +1034,7 @@ fn segments_are_written_full_of_zeros_and_the_next_one_prepared() {
         options.segment_size_bytes_max
     );
     index += 1;
-    wal.append_entries(&[big(index)]).unwrap();
+    wal.append_entries(&[entry_1k(index)]).unwrap();
     wal.sync().unwrap();
     drop(wal);
 
@@ -1042,6 +1042,6 @@ fn segments_are_written_full_of_zeros_and_the_next_one_prepared() {
     std::fs::write(&prepared, vec![0; 4096]).unwrap();
     let (_, replay) = open(dir.path(), options);
     assert_eq!(replay.entries.len() as u64, index);
-    assert_eq!(replay.entries.last(), Some(&big(index)));
+    assert_eq!(replay.entries.last(), Some(&entry_1k(index)));
     assert!(!prepared.exists());
 }
