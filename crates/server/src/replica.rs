@@ -127,14 +127,34 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    fn commit(self) -> Result<(), String> {
+    /// Commits the transaction; its answers join `answers`.
+    fn commit(self, answers: &mut Answers) -> Result<(), String> {
         self.txn
             .commit(false)
             .map_err(|error| format!("committing applied entries: {error}"))?;
-        for (responder, result) in self.answers {
+        answers.0.extend(self.answers);
+        Ok(())
+    }
+}
+
+/// Answers to the proposers of applied entries, held until the entries' changes are published
+/// to watch streams. etcd's order: its apply notifies watchers before it wakes the proposer,
+/// so an event is never later than the answer to its own write. Sent when dropped, so that an
+/// apply that fails part-way still answers the entries it applied.
+#[derive(Default)]
+struct Answers(Vec<(Responder, Result<Response, ServerError>)>);
+
+impl Answers {
+    fn push(&mut self, responder: Responder, result: Result<Response, ServerError>) {
+        self.0.push((responder, result));
+    }
+}
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        for (responder, result) in self.0.drain(..) {
             let _ = responder.send(result);
         }
-        Ok(())
     }
 }
 
@@ -694,6 +714,7 @@ impl Replica {
         // Consecutive requests on keys and leases share one redb transaction (one commit for
         // the batch); their proposers are answered once it is committed.
         let store = Arc::clone(&self.store);
+        let mut answers = Answers::default();
         let mut batch: Option<Batch<'_>> = None;
         for entry in &entries {
             if entry.index <= applied_before {
@@ -739,7 +760,7 @@ impl Replica {
                         continue;
                     }
                     if let Some(batch) = batch.take() {
-                        batch.commit()?;
+                        batch.commit(&mut answers)?;
                     }
                     let result = apply(
                         &self.store,
@@ -758,16 +779,16 @@ impl Replica {
                         self.membership_changed()?;
                     }
                     if let Some(responder) = self.waiters.remove(&id) {
-                        let _ = responder.send(result);
+                        answers.push(responder, result);
                     }
                 }
                 EntryKind::ConfChange => {
                     if let Some(batch) = batch.take() {
-                        batch.commit()?;
+                        batch.commit(&mut answers)?;
                     }
                     let (id, result) = self.apply_conf_change(entry.index, &entry.data)?;
                     if let Some(responder) = id.and_then(|id| self.waiters.remove(&id)) {
-                        let _ = responder.send(result);
+                        answers.push(responder, result);
                     }
                     if self.removed {
                         break;
@@ -776,7 +797,7 @@ impl Replica {
             }
         }
         if let Some(batch) = batch.take() {
-            batch.commit()?;
+            batch.commit(&mut answers)?;
         }
         if let Some(spans) = &mut self.spans {
             spans.batches_committed(self.store.revision());
@@ -804,6 +825,7 @@ impl Replica {
             };
             self.revisions.send_replace(Published { revision, recent });
         }
+        drop(answers);
         // After the answers: the batch's proposers do not wait for this commit.
         self.store
             .flush_if_full()
