@@ -20,11 +20,9 @@
 //! polling under load at all gave the same p99 but 3–5 % fewer puts per second; not polling at
 //! all, a single client's p50 of ~0.73 ms.
 //!
-//! A publication to many watchers holds polling off for a moment ([`Load::hold_off`]): the
-//! replica thread sets it before it wakes the watch streams, and a stream with many watchers
-//! delivering on its own (catching up) sets it too. For 1,000 watchers the members' encoding
-//! and the clients' decoding want both vCPUs for ~2 ms after each put, and nothing the polling
-//! threads wait for is due.
+//! A watch stream with many watchers holds polling off for a moment while it delivers
+//! ([`Load::hold_off`]): for 1,000 watchers the members' encoding and the clients' decoding
+//! want both vCPUs for ~2 ms after each put, and nothing the polling threads wait for is due.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -80,12 +78,6 @@ impl Load {
     pub fn hold_off(&self, duration: Duration) {
         let until = self.nanos_now() + u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         self.quiet_until_nanos.fetch_max(until, Ordering::Relaxed);
-    }
-
-    /// Until when polling is held off, for tests.
-    #[cfg(test)]
-    pub(crate) fn quiet_until_nanos(&self) -> u64 {
-        self.quiet_until_nanos.load(Ordering::Relaxed)
     }
 
     fn nanos_now(&self) -> u64 {

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -43,7 +43,7 @@ use crate::snapshot_transfer::{remove_snapshot_files, snapshot_file};
 use crate::store_sync::StoreSync;
 use crate::telemetry::{EntryTrace, RaftSpans};
 use crate::transport::Transport;
-use crate::watch::{Published, FAN_OUT_HOLD_OFF, FAN_OUT_WATCHERS};
+use crate::watch::Published;
 use crate::ServerError;
 
 /// Inputs taken from the inbox before the next Ready is processed.
@@ -171,8 +171,6 @@ pub struct Shared {
     pub removed: Mutex<HashSet<u64>>,
     /// Whether the write path is lightly loaded (its threads poll before sleeping).
     pub load: Arc<Load>,
-    /// Watchers on this member's watch streams (kept by the streams).
-    pub watchers: AtomicUsize,
 }
 
 /// How the replica thread ended without a failure.
@@ -825,11 +823,6 @@ impl Replica {
                     return Err(format!("reading the changes just applied: {error}"))
                 }
             };
-            // Before the streams wake: a fan-out to many watchers wants the vCPUs from now on,
-            // and this thread's own next wait should not poll through it.
-            if self.shared.watchers.load(Ordering::Relaxed) >= FAN_OUT_WATCHERS {
-                self.shared.load.hold_off(FAN_OUT_HOLD_OFF);
-            }
             self.revisions.send_replace(Published { revision, recent });
         }
         drop(answers);

@@ -41,14 +41,12 @@ use crate::Node;
 /// transaction can pass it).
 const CHANGES_PER_READ_MAX: usize = 1_000;
 
-/// A publication to this many watchers or more (the replica thread checks when it publishes),
-/// or a stream with this many delivering on its own (catching up from history), holds off the
-/// write path's polling threads (`busy_poll::Load::hold_off`): the burst of encoding and
-/// sending, and the clients' reading, want both vCPUs more than threads polling for an input
-/// that is not due.
-pub const FAN_OUT_WATCHERS: usize = 32;
+/// A stream with this many watchers or more holds off the write path's polling threads while
+/// it delivers (`busy_poll::Load::hold_off`): its burst of encoding and sending, and the
+/// clients' reading, want both vCPUs more than threads polling for an input that is not due.
+const FAN_OUT_WATCHERS: usize = 32;
 /// How long: about what 1,000 watchers' events take to deliver here (~2 ms).
-pub const FAN_OUT_HOLD_OFF: std::time::Duration = std::time::Duration::from_millis(2);
+const FAN_OUT_HOLD_OFF: std::time::Duration = std::time::Duration::from_millis(2);
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 100_000;
 /// Framed responses a stream collects before it hands them to the gRPC layer (one buffer, one
@@ -275,29 +273,6 @@ struct WatchStream {
     /// Responses not yet handed over (about `BATCH_BYTES_MAX` at most).
     batch: Frames,
     revisions: tokio::sync::watch::Receiver<Published>,
-    /// `watchers.len()` as last added to the member's count ([`Node::watcher_count`]).
-    counted: usize,
-}
-
-impl WatchStream {
-    /// Brings the member's count of watchers up to date after `watchers` changed.
-    fn recount(&mut self) {
-        let count = self.node.watcher_count();
-        let now = self.watchers.len();
-        if now > self.counted {
-            count.fetch_add(now - self.counted, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            count.fetch_sub(self.counted - now, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.counted = now;
-    }
-}
-
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        self.watchers.clear();
-        self.recount();
-    }
 }
 
 /// Serves one Watch stream until the client closes it or goes away.
@@ -320,7 +295,6 @@ pub async fn serve_stream(
         responses,
         batch: Frames::default(),
         revisions,
-        counted: 0,
     };
     loop {
         let Ok(synced) = stream.deliver().await else {
@@ -402,7 +376,6 @@ impl WatchStream {
             Some(RequestUnion::CancelRequest(cancel)) => {
                 // etcd answers only the cancellation of a watcher that exists.
                 if self.watchers.remove(&cancel.watch_id).is_some() {
-                    self.recount();
                     let response = WatchResponse {
                         header: self.header(0),
                         watch_id: cancel.watch_id,
@@ -482,7 +455,6 @@ impl WatchStream {
             sent_since_tick: false,
         };
         self.watchers.insert(id, watcher);
-        self.recount();
         let created = WatchResponse {
             header: self.header(current),
             watch_id: id,
@@ -678,7 +650,6 @@ impl WatchStream {
             .collect();
         for id in compacted {
             self.watchers.remove(&id);
-            self.recount();
             let response = WatchResponse {
                 header: self.header(0),
                 watch_id: id,
