@@ -148,7 +148,8 @@ async fn answer(client: &mut KvClient<Channel>, call: &Call) -> String {
     }
 }
 
-fn run_all(endpoint: &str, calls: &[Call]) -> Vec<String> {
+/// The answers to `calls`, in order; `Err` if the server could not be reached.
+fn run_all(endpoint: &str, calls: &[Call]) -> Result<Vec<String>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -156,12 +157,12 @@ fn run_all(endpoint: &str, calls: &[Call]) -> Vec<String> {
     runtime.block_on(async {
         let mut client = KvClient::connect(format!("http://{endpoint}"))
             .await
-            .unwrap_or_else(|error| panic!("connect to {endpoint}: {error}"));
+            .map_err(|error| format!("connect to {endpoint}: {error:?}"))?;
         let mut answers = Vec::new();
         for call in calls {
             answers.push(answer(&mut client, call).await);
         }
-        answers
+        Ok(answers)
     })
 }
 
@@ -169,8 +170,16 @@ fn run_all(endpoint: &str, calls: &[Call]) -> Vec<String> {
 /// differently.
 fn check(calls: &[Call]) {
     let (etcd_answers, keel_answers) = std::thread::scope(|scope| {
-        let etcd = scope.spawn(|| run_all(&Etcd::start().endpoint(), calls));
-        let keel = scope.spawn(|| run_all(&Keel::start().endpoint(), calls));
+        let etcd = scope.spawn(|| {
+            let etcd = Etcd::start();
+            run_all(&etcd.endpoint(), calls)
+                .unwrap_or_else(|error| panic!("{error}\netcd's log:\n{}", etcd.log()))
+        });
+        let keel = scope.spawn(|| {
+            let keel = Keel::start();
+            run_all(&keel.endpoint(), calls)
+                .unwrap_or_else(|error| panic!("{error}\nkeel's log:\n{}", keel.log()))
+        });
         (
             etcd.join().expect("etcd side"),
             keel.join().expect("keel side"),

@@ -77,6 +77,25 @@ pub fn free_port() -> u16 {
     panic!("no free port in {PORT_BASE}..{}", PORT_BASE + PORT_SPAN);
 }
 
+/// The whole answer to one HTTP/1.1 `GET` on loopback, or `None` if there was none within a
+/// second.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
 /// Fails the test (never skips it) when a third-party tool the test compares against is missing.
 pub fn require(tool: &str) {
     assert!(
@@ -136,8 +155,13 @@ impl Process {
     fn wait_ready(&mut self, port: u16) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return;
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+                // A connect to a port nobody listens on succeeds when the kernel happens to pick
+                // that same port as the source (TCP simultaneous open), which can happen on a
+                // machine whose ephemeral range covers the test ports.
+                if stream.local_addr().ok() != stream.peer_addr().ok() {
+                    return;
+                }
             }
             let child = self.child.as_mut().expect("a running process");
             if let Some(status) = child.try_wait().expect("poll the server") {
@@ -150,6 +174,33 @@ impl Process {
             if Instant::now() > deadline {
                 panic!(
                     "{} did not accept connections on port {port} within {START_TIMEOUT:?}:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `GET /health` on `port` answers 200 (etcd's readiness); panics with the
+    /// server's log otherwise.
+    fn wait_healthy(&mut self, port: u16) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if http_get(port, "/health").is_some_and(|answer| answer.starts_with("HTTP/1.1 200")) {
+                return;
+            }
+            let child = self.child.as_mut().expect("a running process");
+            if let Some(status) = child.try_wait().expect("poll the server") {
+                panic!(
+                    "{} exited with {status} before serving:\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} was not healthy on port {port} within {START_TIMEOUT:?}:\n{}",
                     self.what,
                     self.log()
                 );
@@ -322,6 +373,9 @@ impl Etcd {
             .args(extra);
         let mut process = Process::spawn("etcd", command, dir.path().join("etcd.log"));
         process.wait_ready(client_port);
+        // etcd opens its client port before its server has started, and can still fail after
+        // that (e.g. when it cannot allocate its WAL); `/health` answers only once it serves.
+        process.wait_healthy(client_port);
         Etcd {
             process,
             _dir: dir,
