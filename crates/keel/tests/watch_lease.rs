@@ -301,6 +301,142 @@ fn watchers_see_every_event_once_in_order_with_each_transaction_whole() {
     });
 }
 
+/// Guards against a fan-out that skips, repeats or mixes up watchers when one stream's
+/// responses pass its batch (64 KiB) several times in one delivery, or when a watcher in the
+/// middle needs its events in fragments: every watcher gets exactly its own events, once.
+#[test]
+fn many_watchers_on_one_stream_each_get_their_events_once() {
+    use std::collections::BTreeMap;
+    // Fragments at 16 KiB, so a transaction of two 7 KiB puts with previous values needs two.
+    let keel = Keel::start_with(&["--max-request-bytes", "16384"]);
+    let endpoint = format!("http://{}", keel.endpoint());
+    support::runtime().block_on(async {
+        let mut client = Client::connect(endpoint).await.unwrap();
+        let big = vec![b'f'; 7 * 1024];
+        for key in ["f/0", "f/1"] {
+            client
+                .put(key, big.clone(), PutOptions::new())
+                .await
+                .unwrap();
+        }
+        let mut stream = client.watch_stream().await.unwrap();
+        // What each watcher is: 0 plain on "w", 1 on "w" with previous values, 2 on "x",
+        // 3 on "f/" in fragments with previous values.
+        let kinds: Vec<usize> = (0..300).map(|i| if i == 150 { 3 } else { i % 3 }).collect();
+        for kind in &kinds {
+            let (key, range_end) = match kind {
+                0 | 1 => (b"w".to_vec(), Vec::new()),
+                2 => (b"x".to_vec(), Vec::new()),
+                _ => (b"f/".to_vec(), b"f0".to_vec()),
+            };
+            stream
+                .create(WatchCreateRequest {
+                    key,
+                    range_end,
+                    prev_kv: matches!(kind, 1 | 3),
+                    fragment: *kind == 3,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let mut kind_of = BTreeMap::new();
+        while kind_of.len() < kinds.len() {
+            let response = stream.next().await.unwrap().unwrap();
+            assert!(response.created, "{response:?}");
+            kind_of.insert(response.watch_id, kinds[kind_of.len()]);
+        }
+
+        // Each notification of "w" is ~1.1 KiB: 200 watchers' pass the batch three times.
+        let value = vec![b'v'; 1024];
+        let w1 = client
+            .put("w", value.clone(), PutOptions::new())
+            .await
+            .unwrap();
+        let w2 = client
+            .put("w", value.clone(), PutOptions::new())
+            .await
+            .unwrap();
+        let x = client
+            .put("x", b"1".to_vec(), PutOptions::new())
+            .await
+            .unwrap();
+        let txn = client
+            .txn(TxnRequest {
+                compare: vec![],
+                success: vec![
+                    request_op_put("f/0", big.clone()),
+                    request_op_put("f/1", big.clone()),
+                ],
+                failure: vec![],
+            })
+            .await
+            .unwrap();
+        let revision =
+            |header: Option<keel_client::proto::ResponseHeader>| header.unwrap().revision;
+        let (w1, w2, x, txn) = (
+            revision(w1.header),
+            revision(w2.header),
+            revision(x.header),
+            revision(txn.header),
+        );
+
+        // Expected per watcher: (revision, key, has previous value), in order.
+        let expected = |kind: usize| -> Vec<(i64, Vec<u8>, bool)> {
+            match kind {
+                0 => vec![(w1, b"w".to_vec(), false), (w2, b"w".to_vec(), false)],
+                1 => vec![(w1, b"w".to_vec(), false), (w2, b"w".to_vec(), true)],
+                2 => vec![(x, b"x".to_vec(), false)],
+                _ => vec![(txn, b"f/0".to_vec(), true), (txn, b"f/1".to_vec(), true)],
+            }
+        };
+        let total: usize = kind_of.values().map(|kind| expected(*kind).len()).sum();
+        let mut seen: BTreeMap<i64, Vec<(i64, Vec<u8>, bool)>> = BTreeMap::new();
+        let mut fragments = 0;
+        let mut received = 0;
+        while received < total {
+            let response = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("a watch response in time")
+                .unwrap()
+                .expect("the stream is open");
+            if response.fragment {
+                fragments += 1;
+            }
+            for event in &response.events {
+                let kv = event.kv.as_ref().unwrap();
+                seen.entry(response.watch_id).or_default().push((
+                    kv.mod_revision,
+                    kv.key.clone(),
+                    event.prev_kv.is_some(),
+                ));
+                received += 1;
+            }
+        }
+        for (id, kind) in &kind_of {
+            assert_eq!(
+                seen.get(id).cloned().unwrap_or_default(),
+                expected(*kind),
+                "watcher {id} (kind {kind})"
+            );
+        }
+        assert!(
+            fragments >= 1,
+            "the fragmenting watcher got its events in parts"
+        );
+    });
+}
+
+fn request_op_put(key: &str, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
 #[test]
 fn a_client_that_stops_reading_stalls_no_other_watcher_and_catches_up_later() {
     let keel = Keel::start();

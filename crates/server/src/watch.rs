@@ -20,6 +20,7 @@
 //! one of each per watcher, and no per-response work in the gRPC layer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +169,7 @@ fn recent_from(recent: Option<&Arc<Changes>>, from: i64, current: i64) -> Option
 }
 
 /// Events encoded for one delivery, shared by the watchers that are sent them.
+#[derive(Clone)]
 struct SharedEvents {
     /// Field 11 for every event.
     bytes: Bytes,
@@ -181,14 +183,40 @@ struct SharedEvents {
 #[derive(Default)]
 struct EncodedEvents {
     by_selection: [HashMap<Vec<usize>, SharedEvents>; 2],
+    /// The entry handed out last, with its key: consecutive watchers of a stream usually watch
+    /// the same keys, and comparing a short list costs less than hashing it.
+    last: Option<(bool, Vec<usize>, SharedEvents)>,
 }
 
 impl EncodedEvents {
-    fn get(&self, selection: &[usize], prev_kv: bool) -> Option<&SharedEvents> {
-        self.by_selection[usize::from(prev_kv)].get(selection)
+    /// The encoded events for `selection`, made from `events()` the first time.
+    fn get_or_encode(
+        &mut self,
+        selection: &[usize],
+        prev_kv: bool,
+        events: impl FnOnce() -> Vec<Event>,
+    ) -> SharedEvents {
+        if let Some((last_prev_kv, last_selection, shared)) = &self.last {
+            if *last_prev_kv == prev_kv && last_selection.as_slice() == selection {
+                return shared.clone();
+            }
+        }
+        let by_selection = &mut self.by_selection[usize::from(prev_kv)];
+        let shared = match by_selection.get(selection) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = SharedEvents::encode(&events());
+                by_selection.insert(selection.to_vec(), shared.clone());
+                shared
+            }
+        };
+        self.last = Some((prev_kv, selection.to_vec(), shared.clone()));
+        shared
     }
+}
 
-    fn insert(&mut self, selection: &[usize], prev_kv: bool, events: &[Event]) {
+impl SharedEvents {
+    fn encode(events: &[Event]) -> SharedEvents {
         let payload_bytes = events.iter().map(Message::encoded_len).sum();
         let mut bytes = BytesMut::with_capacity(
             events
@@ -199,11 +227,10 @@ impl EncodedEvents {
         for event in events {
             proto_message::encode(EVENTS_FIELD, event, &mut bytes);
         }
-        let shared = SharedEvents {
+        SharedEvents {
             bytes: bytes.freeze(),
             payload_bytes,
-        };
-        self.by_selection[usize::from(prev_kv)].insert(selection.to_vec(), shared);
+        }
     }
 }
 
@@ -255,6 +282,70 @@ impl Watcher {
             RangeEnd::Before(end) => key >= self.key.as_slice() && key < end,
         }
     }
+}
+
+/// The events for the changes at `selection` (indices into `changes`).
+fn events(node: &Node, changes: &[Change], selection: &[usize], prev_kv: bool) -> Vec<Event> {
+    selection
+        .iter()
+        .map(|&index| {
+            let change = &changes[index];
+            Event {
+                r#type: match change.kind {
+                    ChangeKind::Put => EventType::Put,
+                    ChangeKind::Delete => EventType::Delete,
+                } as i32,
+                kv: Some(change.kv.clone()),
+                prev_kv: if prev_kv {
+                    previous(node, &change.kv)
+                } else {
+                    None
+                },
+            }
+        })
+        .collect()
+}
+
+/// The key's value just before the change (none when it didn't exist or was compacted).
+fn previous(node: &Node, kv: &KeyValue) -> Option<KeyValue> {
+    let options = RangeOptions {
+        revision: kv.mod_revision - 1,
+        ..RangeOptions::default()
+    };
+    let found = node
+        .store()
+        .range(&kv.key, RangeEnd::Single, &options)
+        .ok()?;
+    found.kvs.into_iter().next()
+}
+
+/// With tracing on, each notification is a span of its own (the change's writer is not known
+/// here): which watcher, how many events, through which revision.
+fn notify_span(id: i64, events: usize, revision: i64) -> tracing::Span {
+    if crate::telemetry::enabled() {
+        tracing::info_span!(
+            target: "keel::watch",
+            "watch.notify",
+            watch.id = id,
+            watch.events = events,
+            etcd.revision = revision,
+        )
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// Why [`WatchStream::queue_notifications`] stopped before the last watcher.
+enum Pause {
+    /// The batch reached [`BATCH_BYTES_MAX`]: hand it over before queuing more.
+    BatchFull,
+    /// The watcher's events are larger than it takes in one response: send them in parts.
+    Fragments {
+        selection: Vec<usize>,
+        prev_kv: bool,
+    },
+    /// The watcher's response could not be framed: the stream ends with this status.
+    Unframed(Status),
 }
 
 /// The client went away; the stream ends.
@@ -338,12 +429,6 @@ impl WatchStream {
     /// Queues a response; it is handed over when the batch is full or the stream flushes.
     async fn send(&mut self, response: WatchResponse) -> Result<(), Gone> {
         let framed = self.batch.push(&response);
-        self.queued(framed).await
-    }
-
-    /// Queues a notification from its encoded parts (see [`Frames::push_events`]).
-    async fn send_events(&mut self, header: &[u8], id: i64, events: &[u8]) -> Result<(), Gone> {
-        let framed = self.batch.push_events(header, id, events);
         self.queued(framed).await
     }
 
@@ -510,6 +595,10 @@ impl WatchStream {
     }
 
     /// Sends every watcher due `changes` the ones it watches.
+    ///
+    /// The watchers are walked without awaiting ([`WatchStream::queue_notifications`]), which
+    /// stops only for what has to wait: a full batch to hand over, a response to fragment, a
+    /// response that cannot be framed. Then the walk goes on after the watcher it stopped at.
     async fn notify(&mut self, changes: &Changes) -> Result<(), Gone> {
         if self.watchers.len() >= FAN_OUT_WATCHERS {
             self.node.write_path_load().hold_off(FAN_OUT_HOLD_OFF);
@@ -517,10 +606,54 @@ impl WatchStream {
         let revision = changes.through_revision;
         let header = encode_header(&self.node.header(revision));
         let mut encoded = EncodedEvents::default();
+        let mut after = None;
+        loop {
+            let Some((id, pause)) = self.queue_notifications(after, changes, &header, &mut encoded)
+            else {
+                return Ok(());
+            };
+            match pause {
+                Pause::BatchFull => self.flush().await?,
+                Pause::Fragments { selection, prev_kv } => {
+                    let span = notify_span(id, selection.len(), revision);
+                    let events = events(&self.node, &changes.changes, &selection, prev_kv);
+                    let responses = self.fragments(id, revision, events);
+                    let send = async {
+                        for response in responses {
+                            self.send(response).await?;
+                        }
+                        Ok(())
+                    };
+                    tracing::Instrument::instrument(send, span).await?;
+                }
+                Pause::Unframed(status) => {
+                    self.flush().await?;
+                    let _ = self.responses.send(Err(status)).await;
+                    return Err(Gone);
+                }
+            }
+            after = Some(id);
+        }
+    }
+
+    /// Queues the notifications of the watchers after `after` (all when `None`) in the batch,
+    /// until one needs what cannot be done without awaiting: then that watcher's id, and why.
+    fn queue_notifications(
+        &mut self,
+        after: Option<i64>,
+        changes: &Changes,
+        header: &[u8],
+        encoded: &mut EncodedEvents,
+    ) -> Option<(i64, Pause)> {
+        let revision = changes.through_revision;
+        // Resuming needs no more than the id: a watcher already sent this delivery has moved
+        // its next revision past it, so no watcher is sent anything twice.
+        let range = match after {
+            Some(id) => (Bound::Excluded(id), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
         let mut selection = Vec::new();
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
-        for id in ids {
-            let watcher = self.watchers.get_mut(&id).expect("ids were just listed");
+        for (&id, watcher) in self.watchers.range_mut(range) {
             if watcher.next_revision > revision {
                 continue;
             }
@@ -540,78 +673,23 @@ impl WatchStream {
                 continue;
             }
             watcher.sent_since_tick = true;
-            let (prev_kv, fragment) = (watcher.prev_kv, watcher.fragment);
-            // Borrowed, not cloned: each watcher's response copies the bytes into the batch.
-            if encoded.get(&selection, prev_kv).is_none() {
-                let events = self.events(&changes.changes, &selection, prev_kv);
-                encoded.insert(&selection, prev_kv, &events);
+            let prev_kv = watcher.prev_kv;
+            let shared = encoded.get_or_encode(&selection, prev_kv, || {
+                events(&self.node, &changes.changes, &selection, prev_kv)
+            });
+            if watcher.fragment && shared.payload_bytes > self.config.fragment_bytes_max {
+                let selection = selection.clone();
+                return Some((id, Pause::Fragments { selection, prev_kv }));
             }
-            let events = encoded
-                .get(&selection, prev_kv)
-                .expect("inserted just above");
-            // With tracing on, each notification is a span of its own (the change's writer
-            // is not known here): how many events, through which revision, how long.
-            let span = if crate::telemetry::enabled() {
-                tracing::info_span!(
-                    target: "keel::watch",
-                    "watch.notify",
-                    watch.id = id,
-                    watch.events = selection.len(),
-                    etcd.revision = revision,
-                )
-            } else {
-                tracing::Span::none()
-            };
-            let send = async {
-                if fragment && events.payload_bytes > self.config.fragment_bytes_max {
-                    let events = self.events(&changes.changes, &selection, prev_kv);
-                    for response in self.fragments(id, revision, events) {
-                        self.send(response).await?;
-                    }
-                    Ok(())
-                } else {
-                    self.send_events(&header, id, &events.bytes).await
-                }
-            };
-            tracing::Instrument::instrument(send, span).await?;
+            let _span = notify_span(id, selection.len(), revision).entered();
+            if let Err(status) = self.batch.push_events(header, id, &shared.bytes) {
+                return Some((id, Pause::Unframed(status)));
+            }
+            if self.batch.len_bytes() >= BATCH_BYTES_MAX {
+                return Some((id, Pause::BatchFull));
+            }
         }
-        Ok(())
-    }
-
-    /// The events for the changes at `selection` (indices into `changes`).
-    fn events(&self, changes: &[Change], selection: &[usize], prev_kv: bool) -> Vec<Event> {
-        selection
-            .iter()
-            .map(|&index| {
-                let change = &changes[index];
-                Event {
-                    r#type: match change.kind {
-                        ChangeKind::Put => EventType::Put,
-                        ChangeKind::Delete => EventType::Delete,
-                    } as i32,
-                    kv: Some(change.kv.clone()),
-                    prev_kv: if prev_kv {
-                        self.previous(&change.kv)
-                    } else {
-                        None
-                    },
-                }
-            })
-            .collect()
-    }
-
-    /// The key's value just before the change (none when it didn't exist or was compacted).
-    fn previous(&self, kv: &KeyValue) -> Option<KeyValue> {
-        let options = RangeOptions {
-            revision: kv.mod_revision - 1,
-            ..RangeOptions::default()
-        };
-        let found = self
-            .node
-            .store()
-            .range(&kv.key, RangeEnd::Single, &options)
-            .ok()?;
-        found.kvs.into_iter().next()
+        None
     }
 
     /// The responses carrying `events` to a watcher that allows fragments, each at most
@@ -710,6 +788,37 @@ mod tests {
         bytes
     }
 
+    /// Guards against watchers sent another watcher's events: the encoding is shared only by
+    /// watchers selecting the same changes with the same `prev_kv`, whether they come one after
+    /// another (the comparison with the last entry) or not (the map).
+    #[test]
+    fn encoded_events_are_shared_only_by_the_same_selection_and_options() {
+        let a = vec![event(b"a", b"1", 5, false)];
+        let b = vec![event(b"b", b"2", 6, false)];
+        let mut encoded = EncodedEvents::default();
+        let mut encodings = 0;
+        let mut get = |selection: &[usize], prev_kv: bool, events: &Vec<Event>| {
+            encoded
+                .get_or_encode(selection, prev_kv, || {
+                    encodings += 1;
+                    events.clone()
+                })
+                .bytes
+        };
+        let first = get(&[0], false, &a);
+        assert_eq!(get(&[0], false, &b), first, "same as the last: shared");
+        let other = get(&[1], false, &b);
+        assert_ne!(other, first);
+        assert_eq!(
+            get(&[0], false, &b),
+            first,
+            "seen before: shared from the map"
+        );
+        let with_prev = get(&[0], true, &b);
+        assert_ne!(with_prev, first, "prev_kv differs: encoded again");
+        assert_eq!(encodings, 3);
+    }
+
     /// The shared encoding is a shortcut, never a different message: a client must read
     /// exactly the frames tonic would have written for the responses prost encodes, whatever
     /// the id (zero is left out, negative ids take ten bytes).
@@ -726,9 +835,7 @@ mod tests {
             event(b"other", b"", 1_234_567, true),
         ];
         let mut encoded = EncodedEvents::default();
-        encoded.insert(&[0, 1], false, &events);
-        let shared = encoded.get(&[0, 1], false).unwrap();
-        assert!(encoded.get(&[0, 1], true).is_none());
+        let shared = encoded.get_or_encode(&[0, 1], false, || events.clone());
         assert_eq!(
             shared.payload_bytes,
             events.iter().map(Message::encoded_len).sum::<usize>()
