@@ -153,43 +153,29 @@ impl Process {
 
     /// Waits until `port` accepts connections; panics with the server's log otherwise.
     fn wait_ready(&mut self, port: u16) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+        self.wait_until(&format!("accept connections on port {port}"), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok_and(|stream| {
                 // A connect to a port nobody listens on succeeds when the kernel happens to pick
                 // that same port as the source (TCP simultaneous open), which can happen on a
                 // machine whose ephemeral range covers the test ports.
-                if stream.local_addr().ok() != stream.peer_addr().ok() {
-                    return;
-                }
-            }
-            let child = self.child.as_mut().expect("a running process");
-            if let Some(status) = child.try_wait().expect("poll the server") {
-                panic!(
-                    "{} exited with {status} before serving:\n{}",
-                    self.what,
-                    self.log()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} did not accept connections on port {port} within {START_TIMEOUT:?}:\n{}",
-                    self.what,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                stream.local_addr().ok() != stream.peer_addr().ok()
+            })
+        });
     }
 
     /// Waits until `GET /health` on `port` answers 200 (etcd's readiness); panics with the
     /// server's log otherwise.
     fn wait_healthy(&mut self, port: u16) {
+        self.wait_until(&format!("answer /health on port {port}"), || {
+            http_get(port, "/health").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+        });
+    }
+
+    /// Polls `ready` until it holds; panics with the server's log if the server exits first or
+    /// [`START_TIMEOUT`] passes (`what` says what it did not do).
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if http_get(port, "/health").is_some_and(|answer| answer.starts_with("HTTP/1.1 200")) {
-                return;
-            }
+        while !ready() {
             let child = self.child.as_mut().expect("a running process");
             if let Some(status) = child.try_wait().expect("poll the server") {
                 panic!(
@@ -200,7 +186,7 @@ impl Process {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "{} was not healthy on port {port} within {START_TIMEOUT:?}:\n{}",
+                    "{} did not {what} within {START_TIMEOUT:?}:\n{}",
                     self.what,
                     self.log()
                 );
