@@ -497,6 +497,50 @@ async fn put_at_rate(
     }
 }
 
+/// Each put's first and last event over the watchers that saw it: a run's event p99 can come
+/// from a few slow puts (each is 1,000 events with 1,000 watchers) or from every put's fan-out
+/// taking long; these two tell which.
+struct FanOut {
+    /// By put index: the shortest and longest latency of its events, if any arrived.
+    by_put: Vec<Option<(Duration, Duration)>>,
+}
+
+impl FanOut {
+    fn new(puts: usize) -> FanOut {
+        FanOut {
+            by_put: vec![None; puts],
+        }
+    }
+
+    fn record(&mut self, put: usize, latency: Duration) {
+        if let Some(slot) = self.by_put.get_mut(put) {
+            *slot = Some(match *slot {
+                Some((first, last)) => (first.min(latency), last.max(latency)),
+                None => (latency, latency),
+            });
+        }
+    }
+
+    fn merge(&mut self, other: &FanOut) {
+        for (put, span) in other.by_put.iter().enumerate() {
+            if let Some((first, last)) = *span {
+                self.record(put, first);
+                self.record(put, last);
+            }
+        }
+    }
+
+    /// Over the puts: when the first event arrived, and when the last.
+    fn latencies(&self) -> (Latencies, Latencies) {
+        let (mut first_events, mut last_events) = (Latencies::new(), Latencies::new());
+        for (first, last) in self.by_put.iter().flatten() {
+            first_events.record(*first);
+            last_events.record(*last);
+        }
+        (first_events, last_events)
+    }
+}
+
 /// The watch-latency workload's shape.
 #[derive(Debug, Clone, Copy)]
 struct WatchShape {
@@ -575,6 +619,8 @@ async fn run_watch_latency(
             // Holding the request side open keeps the stream (and its watchers) alive.
             let _requests = requests;
             let mut latencies = Latencies::new();
+            // Per put: this stream's first and last event (see `FanOut`).
+            let mut fan_out = FanOut::new(put_total_usize);
             let mut received = 0u64;
             let mut failure = None;
             while received < expected {
@@ -596,12 +642,14 @@ async fn run_watch_latency(
                                 .get(..8)
                                 .and_then(|bytes| bytes.try_into().ok())
                                 .map(u64::from_le_bytes);
-                            let sent = index
-                                .and_then(|index| usize::try_from(index).ok())
-                                .and_then(|index| sent_at.get(index))
-                                .and_then(OnceLock::get);
-                            if let Some(sent) = sent {
-                                latencies.record(arrived.saturating_duration_since(*sent));
+                            let Some(index) = index.and_then(|index| usize::try_from(index).ok())
+                            else {
+                                continue;
+                            };
+                            if let Some(sent) = sent_at.get(index).and_then(OnceLock::get) {
+                                let latency = arrived.saturating_duration_since(*sent);
+                                latencies.record(latency);
+                                fan_out.record(index, latency);
                                 received += 1;
                             }
                         }
@@ -616,7 +664,7 @@ async fn run_watch_latency(
                     }
                 }
             }
-            (latencies, failure)
+            (latencies, fan_out, failure)
         }));
     }
 
@@ -643,9 +691,12 @@ async fn run_watch_latency(
         let _ = stop.send(true);
     });
     let mut events = Latencies::new();
+    let mut fan_out = FanOut::new(put_total_usize);
     for receiver in receivers {
-        let (latencies, failure) = receiver.await.expect("a watch receiver panicked");
+        let (latencies, stream_fan_out, failure) =
+            receiver.await.expect("a watch receiver panicked");
         events.merge(&latencies);
+        fan_out.merge(&stream_fan_out);
         if let Some(failure) = failure {
             *errors.entry(format!("watch: {failure}")).or_default() += 1;
         }
@@ -656,10 +707,16 @@ async fn run_watch_latency(
     if missing > 0 {
         *errors.entry("event not received".to_owned()).or_default() += missing;
     }
+    let (first_events, last_events) = fan_out.latencies();
     Ok(Report::new(
         "watch-latency",
         put_phase,
-        &[("event", &events), ("put", &put_latencies)],
+        &[
+            ("event", &events),
+            ("put", &put_latencies),
+            ("first event", &first_events),
+            ("last event", &last_events),
+        ],
         Some("event"),
         errors,
     ))

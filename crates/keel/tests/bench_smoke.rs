@@ -77,6 +77,13 @@ fn every_workload(endpoint: &str) {
         let report = run(&watch, &config(endpoint.to_owned(), 10)).await.unwrap();
         assert_clean(&report, 60);
         assert_eq!(report.breakdown["put"].count, 10);
+        // One first and one last event per put, the first no later than the last.
+        let (first, last) = (
+            &report.breakdown["first event"],
+            &report.breakdown["last event"],
+        );
+        assert_eq!((first.count, last.count), (10, 10));
+        assert!(first.p50_ms <= last.p50_ms && first.max_ms <= last.max_ms);
 
         let mixed = Workload::Mixed {
             read_ratio: 0.5,
