@@ -613,7 +613,7 @@ impl WatchStream {
                 return Ok(());
             };
             match pause {
-                Pause::BatchFull => self.flush().await?,
+                Pause::BatchFull => self.queued(Ok(())).await?,
                 Pause::Fragments { selection, prev_kv } => {
                     let span = notify_span(id, selection.len(), revision);
                     let events = events(&self.node, &changes.changes, &selection, prev_kv);
@@ -626,11 +626,7 @@ impl WatchStream {
                     };
                     tracing::Instrument::instrument(send, span).await?;
                 }
-                Pause::Unframed(status) => {
-                    self.flush().await?;
-                    let _ = self.responses.send(Err(status)).await;
-                    return Err(Gone);
-                }
+                Pause::Unframed(status) => return self.queued(Err(status)).await,
             }
             after = Some(id);
         }
