@@ -386,6 +386,7 @@ impl Replica {
 
     /// Returns true on Stop.
     fn handle(&mut self, input: Input) -> bool {
+        self.load_meter.input();
         match input {
             Input::Propose {
                 id,
