@@ -3,6 +3,7 @@
 
 mod auth;
 mod cluster;
+mod coalesce;
 mod kv;
 mod lease;
 mod maintenance;
@@ -21,6 +22,8 @@ use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use tonic::transport::server::TcpIncoming;
+
+use coalesce::CoalescedIo;
 
 pub use auth::AuthService;
 pub use cluster::ClusterService;
@@ -105,10 +108,16 @@ pub async fn serve(
         .await
 }
 
-/// Accepted connections with Nagle's algorithm off: without it a small response waits for the
-/// client's delayed ACK (~40 ms on Linux) before its last segment goes out.
-fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Accepted connections with Nagle's algorithm off (without it a small response waits for the
+/// client's delayed ACK, ~40 ms on Linux, before its last segment goes out) and their writes
+/// coalesced ([`coalesce`]).
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<CoalescedIo>> {
+    use tokio_stream::StreamExt;
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(CoalescedIo::new))
 }
 
 /// Binds `address` for [`serve`].
