@@ -276,7 +276,7 @@ mod tests {
         assert!(load.is_light(), "decided only when the window ends");
         meter.appended(5, start + LOAD_WINDOW, &load);
         assert!(!load.is_light());
-        assert_tried_once_not_polled(&load);
+        assert_tried_once(&load, Poller::PeerReader);
         // A quiet window (inputs, few entries): light again.
         let quiet = start + LOAD_WINDOW * 2 + Duration::from_millis(1);
         feed(&mut meter, &load, quiet, 10, 1);
@@ -295,15 +295,15 @@ mod tests {
         let mut meter = LoadMeter::new(start);
         // A member starts idle.
         assert!(!load.is_light());
-        assert_tried_once_not_polled(&load);
-        assert_replica_tried_once(&load);
+        assert_tried_once(&load, Poller::PeerReader);
+        assert_tried_once(&load, Poller::Replica);
         // A window with fewer inputs than the limit: still sparse.
         for _ in 0..SPARSE_INPUTS_PER_WINDOW - 1 {
             meter.input();
         }
         meter.appended(1, start + LOAD_WINDOW, &load);
         assert!(!load.is_light());
-        assert_replica_tried_once(&load);
+        assert_tried_once(&load, Poller::Replica);
         // Inputs close together: polled for.
         let active = start + LOAD_WINDOW;
         feed(&mut meter, &load, active, 0, 1);
@@ -320,35 +320,39 @@ mod tests {
         feed(&mut meter, &load, active + LOAD_WINDOW, 0, 5);
         meter.appended(0, active + Duration::from_secs(5), &load);
         assert!(!load.is_light());
-        assert_replica_tried_once(&load);
+        assert_tried_once(&load, Poller::Replica);
     }
 
-    fn assert_replica_tried_once(load: &Load) {
+    /// Which of a load's polls a test checks: the peer readers' or the replica thread's.
+    #[derive(Clone, Copy)]
+    enum Poller {
+        PeerReader,
+        Replica,
+    }
+
+    /// Guards against a hold-off or an idle member that polls anyway, or a poll that never
+    /// tries at all.
+    fn assert_tried_once(load: &Load, poller: Poller) {
         let mut calls = 0;
-        let value: Option<()> = load.poll_replica(Duration::from_secs(10), || {
+        let attempt = || {
             calls += 1;
-            None
-        });
+            None::<()>
+        };
+        let value = match poller {
+            Poller::PeerReader => load.poll(Duration::from_secs(10), attempt),
+            Poller::Replica => load.poll_replica(Duration::from_secs(10), attempt),
+        };
         assert_eq!((value, calls), (None, 1), "tried once, not polled");
     }
 
     /// Guards against a hold-off that never ends (the single-client put path would lose its
     /// polling for good) or that does not stop polling while it lasts.
-    fn assert_tried_once_not_polled(load: &Load) {
-        let mut calls = 0;
-        let value: Option<()> = load.poll(Duration::from_secs(10), || {
-            calls += 1;
-            None
-        });
-        assert_eq!((value, calls), (None, 1), "tried once, not polled");
-    }
-
     #[test]
     fn a_hold_off_stops_polling_until_it_ends() {
         let (load, _meter, _) = active_load();
         load.hold_off(Duration::from_millis(50));
         assert!(!load.is_light());
-        assert_tried_once_not_polled(&load);
+        assert_tried_once(&load, Poller::PeerReader);
         // A shorter hold-off does not cut a longer one short.
         load.hold_off(Duration::ZERO);
         assert!(!load.is_light());
