@@ -20,7 +20,7 @@
 //! polling under load at all gave the same p99 but 3–5 % fewer puts per second; not polling at
 //! all, a single client's p50 of ~0.73 ms.
 //!
-//! Nobody polls while inputs come far apart ([`SPARSE_INPUTS_PER_WINDOW`]): at a few puts a
+//! Nobody polls while inputs come far apart (`SPARSE_INPUTS_PER_WINDOW`): at a few puts a
 //! second each input comes long after any poll has given up, and every poll only takes a CPU
 //! from the threads with work (on the benchmark machine three members' replica and peer
 //! threads, nine pollers on two vCPUs, spent ~2.7 ms of CPU polling per put at 50 puts/s, in
@@ -173,7 +173,10 @@ impl LoadMeter {
         // member as idle: sparse, until a window shows inputs coming closer together).
         let recent = elapsed < LOAD_WINDOW * 2;
         let busy = recent && self.entries > BUSY_ENTRIES_PER_WINDOW;
-        let sparse = !recent || self.inputs < SPARSE_INPUTS_PER_WINDOW;
+        // A rate, not a count: the window closes 10 to 20 ms after it opened.
+        let sparse = !recent
+            || u128::from(self.inputs) * LOAD_WINDOW.as_nanos()
+                < u128::from(SPARSE_INPUTS_PER_WINDOW) * elapsed.as_nanos();
         load.light.store(!busy, Ordering::Relaxed);
         load.sparse.store(sparse, Ordering::Relaxed);
         self.window_started = now;

@@ -22,7 +22,8 @@
 //! A flush answered before the bytes reach the socket promises no more than a `write` to a
 //! socket does: they go out in order, ahead of anything written later, and a write error is
 //! reported by the next write, flush or shutdown. Shutdown waits until everything written
-//! before it is out.
+//! before it is out, or [`LINGER`] has passed (a client that stopped reading); a dropped
+//! connection's writer task gets as long, then ends.
 
 use std::io;
 use std::pin::Pin;
@@ -36,15 +37,15 @@ use tokio::sync::Notify;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Bytes a connection may have written but not yet handed to its socket; past this its writes
-/// wait for the writer task (which holds at most about as much again, being written). A watch
-/// stream queues at most 4 × 64 KiB itself.
+/// wait for the writer task (which holds at most as much again, being written). A watch stream
+/// queues at most 4 × 64 KiB itself.
 const PENDING_BYTES_MAX: usize = 256 * 1024;
 
 /// A buffer larger than this is freed once written (idle connections keep little memory).
 const KEPT_BUFFER_BYTES_MAX: usize = 64 * 1024;
-/// How long a dropped connection's writer task may take to write what was left (shorter in
-/// unit tests, which wait it out).
-const LINGER_AFTER_DROP: std::time::Duration = if cfg!(test) {
+/// How long a closed (shut down or dropped) connection's writer task may take to write what
+/// was left (shorter in unit tests, which wait it out).
+const LINGER: std::time::Duration = if cfg!(test) {
     std::time::Duration::from_millis(300)
 } else {
     std::time::Duration::from_secs(10)
@@ -66,8 +67,9 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the writer task: something to write, or the connection closing.
     writer: Notify,
-    /// Told once, when the connection is dropped (it starts the linger deadline).
-    dropped: Notify,
+    /// Told (once, with a permit) when the connection closes: ends a write waiting on a client
+    /// that does not read at the deadline.
+    closing: Notify,
 }
 
 #[derive(Default)]
@@ -78,8 +80,9 @@ struct State {
     blocked: Option<Waker>,
     /// The writer task failed; every later write, flush or shutdown fails with this.
     failed: Option<(io::ErrorKind, String)>,
-    /// Shut down (or dropped): the writer task writes what is pending, then shuts the socket.
-    closing: bool,
+    /// Set when the connection is shut down or dropped: the writer task writes what is pending
+    /// by then, at the latest (else it gives up), and shuts the socket down.
+    linger_until: Option<tokio::time::Instant>,
     /// The writer task has shut the socket down.
     closed: bool,
     /// The connection's task, waiting in `poll_shutdown`.
@@ -92,6 +95,20 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Shared {
+    /// The connection closes (shut down or dropped): the writer task gets [`LINGER`] from now
+    /// to write what is pending.
+    fn close(&self) {
+        let mut state = self.lock();
+        if state.linger_until.is_none() {
+            state.linger_until = Some(tokio::time::Instant::now() + LINGER);
+            drop(state);
+            self.closing.notify_one();
+        }
+        self.writer.notify_one();
     }
 }
 
@@ -111,7 +128,7 @@ impl CoalescedIo {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             writer: Notify::new(),
-            dropped: Notify::new(),
+            closing: Notify::new(),
         });
         tokio::spawn(write_loop(Arc::clone(&shared), write));
         CoalescedIo { read, shared, info }
@@ -122,23 +139,32 @@ impl CoalescedIo {
 async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
     let mut taken = Vec::new();
     loop {
-        let closing = {
+        let linger_until = {
             let mut state = shared.lock();
             std::mem::swap(&mut state.pending, &mut taken);
             if let Some(blocked) = state.blocked.take() {
                 blocked.wake();
             }
-            state.closing
+            state.linger_until
         };
         if taken.is_empty() {
-            if closing {
-                let _ = socket.shutdown().await;
+            if linger_until.is_some() {
+                let shut = socket.shutdown().await;
                 let mut state = shared.lock();
+                if let Err(error) = shut {
+                    state
+                        .failed
+                        .get_or_insert((error.kind(), error.to_string()));
+                }
                 state.closed = true;
                 if let Some(waiter) = state.shutting_down.take() {
                     waiter.wake();
                 }
                 return;
+            }
+            // A burst's buffers are not kept for a connection that has gone quiet.
+            if taken.capacity() > KEPT_BUFFER_BYTES_MAX {
+                taken = Vec::new();
             }
             shared.writer.notified().await;
             continue;
@@ -147,21 +173,30 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
             // Other responses of this connection may be a task away: let them join this write.
             tokio::task::yield_now().await;
             let mut state = shared.lock();
-            taken.append(&mut state.pending);
+            taken.extend_from_slice(&state.pending);
+            state.pending.clear();
             if let Some(blocked) = state.blocked.take() {
                 blocked.wake();
             }
         }
-        // Once the connection is gone (dropped), what is left gets a bounded time: a client
-        // that stopped reading must not keep this task and its socket forever.
-        let dropped = shared.dropped.notified();
+        // Once the connection closes (shut down or dropped), what is left gets a bounded time:
+        // a client that stopped reading must not keep this task and its socket forever.
         let linger = async {
-            if !closing {
-                dropped.await;
-            }
-            tokio::time::sleep(LINGER_AFTER_DROP).await;
+            let until = match linger_until {
+                Some(until) => until,
+                None => {
+                    // Level-triggered: a close signalled since the state was read left a permit.
+                    shared.closing.notified().await;
+                    shared
+                        .lock()
+                        .linger_until
+                        .expect("the close is signalled after its deadline is set")
+                }
+            };
+            tokio::time::sleep_until(until).await;
         };
         let written = tokio::select! {
+            biased;
             written = socket.write_all(&taken) => written,
             () = linger => Err(io::ErrorKind::TimedOut.into()),
         };
@@ -179,7 +214,6 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
             return;
         }
         taken.clear();
-        // A burst's buffer is not kept for a connection that has gone quiet.
         if taken.capacity() > KEPT_BUFFER_BYTES_MAX {
             taken = Vec::new();
         }
@@ -196,19 +230,25 @@ impl CoalescedIo {
         if let Some(error) = state.error() {
             return Poll::Ready(Err(error));
         }
-        if state.closing {
+        if state.linger_until.is_some() {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        if state.pending.len() >= PENDING_BYTES_MAX {
+        let room = PENDING_BYTES_MAX - state.pending.len();
+        if room == 0 && bufs.iter().any(|buf| !buf.is_empty()) {
             state.blocked = Some(cx.waker().clone());
             drop(state);
             self.shared.writer.notify_one();
             return Poll::Pending;
         }
+        // A short write when the room runs out (h2 writes the rest next).
         let mut written = 0;
         for buf in bufs {
-            state.pending.extend_from_slice(buf);
-            written += buf.len();
+            let taken = buf.len().min(room - written);
+            state.pending.extend_from_slice(&buf[..taken]);
+            written += taken;
+            if written == room {
+                break;
+            }
         }
         Poll::Ready(Ok(written))
     }
@@ -263,20 +303,18 @@ impl AsyncWrite for CoalescedIo {
         if state.closed {
             return Poll::Ready(state.error().map_or(Ok(()), Err));
         }
-        state.closing = true;
         state.shutting_down = Some(cx.waker().clone());
         drop(state);
-        self.shared.writer.notify_one();
+        self.shared.close();
         Poll::Pending
     }
 }
 
 impl Drop for CoalescedIo {
     fn drop(&mut self) {
-        // The writer task writes what is left, shuts the socket down and ends.
-        self.shared.lock().closing = true;
-        self.shared.writer.notify_one();
-        self.shared.dropped.notify_waiters();
+        // The writer task writes what is left (within the deadline), shuts the socket down and
+        // ends.
+        self.shared.close();
     }
 }
 
@@ -304,17 +342,21 @@ mod tests {
 
     /// Guards against bytes lost, reordered or held back: everything written and flushed
     /// arrives, in order, without another write to push it out.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn flushed_writes_arrive_in_order() {
         let (mut io, mut client) = pair().await;
         let mut expected = Vec::new();
-        for round in 0..50u32 {
+        for round in 0..200u32 {
             for piece in 0..7u32 {
                 let bytes = format!("{round}:{piece};").into_bytes();
                 io.write_all(&bytes).await.unwrap();
                 expected.extend_from_slice(&bytes);
             }
             io.flush().await.unwrap();
+            // Small rounds, each left to the writer task (and its wait for more) in turn.
+            if round % 3 == 0 {
+                tokio::task::yield_now().await;
+            }
         }
         let mut received = vec![0; expected.len()];
         tokio::time::timeout(
@@ -341,10 +383,7 @@ mod tests {
                 io.flush().await.unwrap();
                 written += chunk.len();
                 let pending = io.shared.lock().pending.len();
-                assert!(
-                    pending <= PENDING_BYTES_MAX + chunk.len(),
-                    "{pending} bytes pending"
-                );
+                assert!(pending <= PENDING_BYTES_MAX, "{pending} bytes pending");
             }
             io.shutdown().await.unwrap();
         });
@@ -387,8 +426,30 @@ mod tests {
             io.flush().await.unwrap();
         }
         drop(io);
-        tokio::time::sleep(LINGER_AFTER_DROP + std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(LINGER + std::time::Duration::from_secs(1)).await;
         assert!(shared.lock().closed, "the writer task gave up");
+        drop(client);
+    }
+
+    /// Guards against a graceful shutdown that waits forever on a client that stopped reading.
+    #[tokio::test]
+    async fn shutdown_gives_up_on_a_client_that_does_not_read() {
+        let (mut io, client) = pair().await;
+        let chunk = vec![5u8; 1024 * 1024];
+        // More than the sockets buffer, never read.
+        for _ in 0..32 {
+            let written =
+                tokio::time::timeout(std::time::Duration::from_millis(100), io.write_all(&chunk))
+                    .await;
+            if written.is_err() {
+                break;
+            }
+            io.flush().await.unwrap();
+        }
+        let shut = tokio::time::timeout(LINGER * 4, io.shutdown())
+            .await
+            .expect("the shutdown ends at the deadline");
+        assert_eq!(shut.unwrap_err().kind(), io::ErrorKind::TimedOut);
         drop(client);
     }
 
