@@ -408,23 +408,29 @@ mod tests {
         assert_eq!(received, b"last words");
     }
 
+    /// Writes to a client that never reads until the writes wait: more than the sockets
+    /// buffer, then the bounded buffer full.
+    async fn fill_until_blocked(io: &mut CoalescedIo) {
+        let chunk = vec![3u8; 1024 * 1024];
+        for _ in 0..128 {
+            let written =
+                tokio::time::timeout(std::time::Duration::from_millis(100), io.write_all(&chunk))
+                    .await;
+            if written.is_err() {
+                return;
+            }
+            io.flush().await.unwrap();
+        }
+        panic!("128 MiB went to a client that does not read");
+    }
+
     /// Guards against a task and socket kept forever for a dropped connection whose client
     /// stopped reading.
     #[tokio::test]
     async fn a_dropped_connection_lets_go_of_a_client_that_does_not_read() {
         let (mut io, client) = pair().await;
         let shared = Arc::clone(&io.shared);
-        let chunk = vec![3u8; 1024 * 1024];
-        // More than the sockets buffer, never read.
-        for _ in 0..32 {
-            let written =
-                tokio::time::timeout(std::time::Duration::from_millis(100), io.write_all(&chunk))
-                    .await;
-            if written.is_err() {
-                break;
-            }
-            io.flush().await.unwrap();
-        }
+        fill_until_blocked(&mut io).await;
         drop(io);
         tokio::time::sleep(LINGER + std::time::Duration::from_secs(1)).await;
         assert!(shared.lock().closed, "the writer task gave up");
@@ -435,17 +441,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_gives_up_on_a_client_that_does_not_read() {
         let (mut io, client) = pair().await;
-        let chunk = vec![5u8; 1024 * 1024];
-        // More than the sockets buffer, never read.
-        for _ in 0..32 {
-            let written =
-                tokio::time::timeout(std::time::Duration::from_millis(100), io.write_all(&chunk))
-                    .await;
-            if written.is_err() {
-                break;
-            }
-            io.flush().await.unwrap();
-        }
+        fill_until_blocked(&mut io).await;
         let shut = tokio::time::timeout(LINGER * 4, io.shutdown())
             .await
             .expect("the shutdown ends at the deadline");
