@@ -344,10 +344,15 @@ impl Replica {
             let mut stop = false;
             match next_input(&inbox, wait, &self.shared.load) {
                 Ok(input) => {
+                    // Counted as they arrive (inputs parked and handled again are not).
+                    self.load_meter.input();
                     stop |= self.handle(input);
                     for _ in 0..INPUTS_PER_ROUND_MAX {
                         match inbox.try_recv() {
-                            Ok(input) => stop |= self.handle(input),
+                            Ok(input) => {
+                                self.load_meter.input();
+                                stop |= self.handle(input);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -386,7 +391,6 @@ impl Replica {
 
     /// Returns true on Stop.
     fn handle(&mut self, input: Input) -> bool {
-        self.load_meter.input();
         match input {
             Input::Propose {
                 id,

@@ -96,9 +96,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
 
-impl Shared {
     /// The connection closes (shut down or dropped): the writer task gets [`LINGER`] from now
     /// to write what is pending.
     fn close(&self) {
@@ -118,6 +116,27 @@ impl State {
             .as_ref()
             .map(|(kind, message)| io::Error::new(*kind, message.clone()))
     }
+
+    /// The connection's task may write again: the writer task took what was pending.
+    fn unblock(&mut self) {
+        if let Some(blocked) = self.blocked.take() {
+            blocked.wake();
+        }
+    }
+
+    /// The writer task ends, after `failure` if any: later writes, flushes and shutdowns
+    /// fail with it (or a shutdown succeeds), and nobody waits on the task any more.
+    fn end(&mut self, failure: Option<io::Error>) {
+        if let Some(error) = failure {
+            self.failed.get_or_insert((error.kind(), error.to_string()));
+        }
+        self.closed = true;
+        self.pending = Vec::new();
+        self.unblock();
+        if let Some(waiter) = self.shutting_down.take() {
+            waiter.wake();
+        }
+    }
 }
 
 impl CoalescedIo {
@@ -133,94 +152,8 @@ impl CoalescedIo {
         tokio::spawn(write_loop(Arc::clone(&shared), write));
         CoalescedIo { read, shared, info }
     }
-}
 
-/// The writer task: writes whatever the connection has written, in order, until it closes.
-async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
-    let mut taken = Vec::new();
-    loop {
-        let linger_until = {
-            let mut state = shared.lock();
-            std::mem::swap(&mut state.pending, &mut taken);
-            if let Some(blocked) = state.blocked.take() {
-                blocked.wake();
-            }
-            state.linger_until
-        };
-        if taken.is_empty() {
-            if linger_until.is_some() {
-                let shut = socket.shutdown().await;
-                let mut state = shared.lock();
-                if let Err(error) = shut {
-                    state
-                        .failed
-                        .get_or_insert((error.kind(), error.to_string()));
-                }
-                state.closed = true;
-                if let Some(waiter) = state.shutting_down.take() {
-                    waiter.wake();
-                }
-                return;
-            }
-            // A burst's buffers are not kept for a connection that has gone quiet.
-            if taken.capacity() > KEPT_BUFFER_BYTES_MAX {
-                taken = Vec::new();
-            }
-            shared.writer.notified().await;
-            continue;
-        }
-        if taken.len() < MIN_BATCH_BYTES {
-            // Other responses of this connection may be a task away: let them join this write.
-            tokio::task::yield_now().await;
-            let mut state = shared.lock();
-            taken.extend_from_slice(&state.pending);
-            state.pending.clear();
-            if let Some(blocked) = state.blocked.take() {
-                blocked.wake();
-            }
-        }
-        // Once the connection closes (shut down or dropped), what is left gets a bounded time:
-        // a client that stopped reading must not keep this task and its socket forever.
-        let linger = async {
-            let until = match linger_until {
-                Some(until) => until,
-                None => {
-                    // Level-triggered: a close signalled since the state was read left a permit.
-                    shared.closing.notified().await;
-                    shared
-                        .lock()
-                        .linger_until
-                        .expect("the close is signalled after its deadline is set")
-                }
-            };
-            tokio::time::sleep_until(until).await;
-        };
-        let written = tokio::select! {
-            biased;
-            written = socket.write_all(&taken) => written,
-            () = linger => Err(io::ErrorKind::TimedOut.into()),
-        };
-        if let Err(error) = written {
-            let mut state = shared.lock();
-            state.failed = Some((error.kind(), error.to_string()));
-            state.closed = true;
-            state.pending = Vec::new();
-            if let Some(blocked) = state.blocked.take() {
-                blocked.wake();
-            }
-            if let Some(waiter) = state.shutting_down.take() {
-                waiter.wake();
-            }
-            return;
-        }
-        taken.clear();
-        if taken.capacity() > KEPT_BUFFER_BYTES_MAX {
-            taken = Vec::new();
-        }
-    }
-}
-
-impl CoalescedIo {
+    /// Takes what fits under [`PENDING_BYTES_MAX`] of `bufs`; waits for room when none is left.
     fn write_from(
         &self,
         cx: &mut Context<'_>,
@@ -251,6 +184,69 @@ impl CoalescedIo {
             }
         }
         Poll::Ready(Ok(written))
+    }
+}
+
+/// The writer task: writes whatever the connection has written, in order, until it closes.
+async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
+    let mut taken = Vec::new();
+    loop {
+        let linger_until = {
+            let mut state = shared.lock();
+            std::mem::swap(&mut state.pending, &mut taken);
+            state.unblock();
+            state.linger_until
+        };
+        if taken.is_empty() {
+            if linger_until.is_some() {
+                let shut = socket.shutdown().await;
+                shared.lock().end(shut.err());
+                return;
+            }
+            // A burst's buffers are not kept for a connection that has gone quiet.
+            if taken.capacity() > KEPT_BUFFER_BYTES_MAX {
+                taken = Vec::new();
+            }
+            shared.writer.notified().await;
+            continue;
+        }
+        if taken.len() < MIN_BATCH_BYTES {
+            // Other responses of this connection may be a task away: let them join this write.
+            tokio::task::yield_now().await;
+            let mut state = shared.lock();
+            taken.extend_from_slice(&state.pending);
+            state.pending.clear();
+            state.unblock();
+        }
+        // Once the connection closes (shut down or dropped), what is left gets a bounded time:
+        // a client that stopped reading must not keep this task and its socket forever.
+        let linger = async {
+            let until = match linger_until {
+                Some(until) => until,
+                None => {
+                    // Level-triggered: a close signalled since the state was read left a permit.
+                    shared.closing.notified().await;
+                    shared
+                        .lock()
+                        .linger_until
+                        .expect("the close is signalled after its deadline is set")
+                }
+            };
+            tokio::time::sleep_until(until).await;
+        };
+        let written = tokio::select! {
+            biased;
+            written = socket.write_all(&taken) => written,
+            () = linger => Err(io::ErrorKind::TimedOut.into()),
+        };
+        if let Err(error) = written {
+            shared.lock().end(Some(error));
+            return;
+        }
+        taken.clear();
+        if taken.capacity() > KEPT_BUFFER_BYTES_MAX {
+            taken = Vec::new();
+        }
     }
 }
 
